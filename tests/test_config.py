@@ -1,0 +1,65 @@
+"""Config validation, ELITE_* overrides, run-mode presets and the no-GPU stop."""
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import elite
+
+
+def test_defaults_are_valid_and_frozen():
+    config = elite.Config()
+    assert config.run_mode == "full" and config.resolution == 512 and config.timestep == 999
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(ValueError) as error:
+        elite.Config(run_mode="fast", resolution=100, batch_size=0, blur_strength=(0.8, 0.2))
+    message = str(error.value)
+    for field in ("run_mode='fast'", "resolution=100", "batch_size=0", "blur_strength=(0.8, 0.2)"):
+        assert field in message
+
+
+def test_all_families_off_is_refused():
+    off = {f"{family}_strength": (0.0, 0.0) for family in elite.DEGRADATION_FAMILIES}
+    with pytest.raises(ValueError, match="switched off"):
+        elite.Config(**off)
+
+
+def test_overrides_parse_to_field_types():
+    environ = {"ELITE_TRAIN_STEPS": "8", "ELITE_LEARNING_RATE": "3e-5", "ELITE_RESUME": "off",
+               "ELITE_RUN_DIR": "/some/dir", "ELITE_BLUR_STRENGTH": "0.2,0.5", "PATH": "/bin"}
+    assert elite.env_overrides(environ) == {"train_steps": 8, "learning_rate": 3e-5, "resume": False,
+                                            "run_dir": "/some/dir", "blur_strength": (0.2, 0.5)}
+
+
+@pytest.mark.parametrize("name, value", [("ELITE_TRAIN_STEPS", "many"), ("ELITE_RESUME", "maybe"),
+                                         ("ELITE_BLUR_STRENGTH", "0.5")])
+def test_bad_override_names_the_variable(name, value):
+    with pytest.raises(ValueError, match=name):
+        elite.env_overrides({name: value})
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(ValueError, match="ELITE_TRAIN_STEP"):
+        elite.env_overrides({"ELITE_TRAIN_STEP": "3"})
+
+
+def test_precedence_form_then_preset_then_environment():
+    form = {"run_mode": "full", "train_steps": 1500, "seed": 7}
+    config, overrides = elite.build_config(form, {"ELITE_RUN_MODE": "smoke", "ELITE_BATCH_SIZE": "3"})
+    assert config.run_mode == "smoke" and overrides == {"run_mode": "smoke", "batch_size": 3}
+    assert config.train_steps == elite.MODE_PRESETS["smoke"]["train_steps"]  # preset beats form
+    assert config.batch_size == 3 and config.seed == 7  # environment beats preset; form kept elsewhere
+
+
+def test_full_run_without_gpu_stops_with_directions():
+    with pytest.raises(RuntimeError, match="T4.*smoke"):
+        elite.require_device_for(elite.Config(), torch.device("cpu"))
+    elite.require_device_for(elite.Config(run_mode="smoke"), torch.device("cpu"))
+
+
+def test_choose_dtype_on_cpu_is_fp32():
+    assert elite.choose_dtype(torch.device("cpu")) is torch.float32

@@ -1,0 +1,126 @@
+"""Subset drawing, caching, splitting and bad input."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import elite, smoke_config
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """40 synthetic faces as CelebA-HQ-schema parquet, sorted by label like the Hub."""
+    return str(elite.write_synthetic_celeba(tmp_path_factory.mktemp("faces"), 40, 96, seed=0))
+
+
+def encoded(image: Image.Image, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def test_synthetic_parquet_has_the_celeba_schema(source):
+    stream = elite.load_dataset("parquet", data_files=f"{source}/*.parquet", split="train", streaming=True)
+    assert stream.features["label"].names == ["female", "male"]
+    row = next(iter(stream))
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (96, 96)
+
+
+def test_subset_is_balanced_reproducible_and_split_without_leakage(source, tmp_path):
+    config = smoke_config(num_images=20, test_fraction=0.2, resolution=64)
+    images, manifest = elite.build_subset(config, source, tmp_path / "a")
+    _, again = elite.build_subset(config, source, tmp_path / "b")
+    _, other_seed = elite.build_subset(smoke_config(num_images=20, test_fraction=0.2, seed=5), source, tmp_path / "c")
+    rows = manifest["rows"]
+    assert images.shape == (20, 64, 64, 3) and images.dtype == np.uint8
+    assert again["rows"] == rows and other_seed["rows"] != rows
+    assert sum(r["label"] for r in rows) == 10  # 10 of each label although the source is sorted by label
+    train = {r["row"] for r in rows if r["split"] == "train"}
+    test = {r["row"] for r in rows if r["split"] == "test"}
+    assert not train & test and len(test) == 4
+    assert sorted(r["label"] for r in rows if r["split"] == "test") == [0, 0, 1, 1]
+    assert all(r["degradation"] for r in rows if r["split"] == "test")
+
+
+def test_cache_is_used_and_rebuilt_when_settings_change(source, tmp_path):
+    config = smoke_config(num_images=12)
+    elite.load_subset(config, source, tmp_path)
+    manifest_path = tmp_path / "manifest.json"
+    marked = json.loads(manifest_path.read_text()) | {"marker": True}
+    manifest_path.write_text(json.dumps(marked))
+    assert elite.load_subset(config, source, tmp_path)[1].get("marker")  # read from the cache
+    assert "marker" not in elite.load_subset(smoke_config(num_images=16), source, tmp_path)[1]
+
+
+def test_test_pairs_are_identical_across_runs(source, tmp_path):
+    config = smoke_config(num_images=12)
+    first = elite.FacePairs(*elite.build_subset(config, source, tmp_path / "a"), config)
+    second = elite.FacePairs(*elite.build_subset(config, source, tmp_path / "b"), config)
+    for a, b in zip(first.test_set(), second.test_set()):
+        assert a == b if isinstance(a, list) else torch.equal(a, b)
+
+
+def test_training_batches_are_a_function_of_the_step(source, tmp_path):
+    config = smoke_config(num_images=12)
+    pairs = elite.FacePairs(*elite.build_subset(config, source, tmp_path), config)
+    degraded, clean, records = pairs.train_batch(3)
+    again = pairs.train_batch(3)
+    assert torch.equal(degraded, again[0]) and torch.equal(clean, again[1]) and records == again[2]
+    assert not torch.equal(degraded, pairs.train_batch(4)[0])
+    assert degraded.shape == (config.batch_size, 3, 64, 64) and degraded.min() >= -1 and degraded.max() <= 1
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: Image.new("L", (80, 80), 120), "ok"),
+    (lambda: Image.new("RGBA", (80, 80), (10, 20, 30, 128)), "ok"),
+    (lambda: Image.new("P", (80, 80), 3), "ok"),
+    (lambda: Image.new("CMYK", (80, 80), (0, 50, 100, 0)), "ok"),
+    (lambda: Image.fromarray(np.full((80, 80), 40000, dtype=np.uint16)), "ok"),
+    (lambda: Image.new("RGB", (40, 40), (1, 2, 3)), "upscaled"),
+])
+def test_convertible_images_become_8bit_rgb(make, expected):
+    image = make()
+    data = encoded(image, "JPEG" if image.mode == "CMYK" else "PNG")
+    result, status = elite.to_square_rgb(data, 64)
+    assert status == expected and result.mode == "RGB" and result.size == (64, 64)
+
+
+def test_sixteen_bit_keeps_its_brightness():
+    image = Image.fromarray(np.full((80, 80), 40000, dtype=np.uint16))
+    result, _ = elite.to_square_rgb(encoded(image), 64)
+    assert abs(np.asarray(result).mean() - 40000 / 257) < 1
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"not an image at all", "undecodable"),
+    (encoded(Image.new("RGB", (300, 60))), "aspect ratio above 2:1"),
+])
+def test_unusable_images_are_skipped_with_a_reason(data, reason):
+    assert elite.to_square_rgb(data, 64) == (None, reason)
+
+
+def test_too_few_usable_images_fail_clearly(tmp_path):
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    Image.new("RGB", (80, 80)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="usable images"):
+        elite.build_subset(smoke_config(num_images=12), str(folder), tmp_path / "data")
+
+
+def test_missing_source_folder_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset="):
+        elite.open_image_stream(str(tmp_path / "nowhere"), "train")
+
+
+def test_image_folder_is_accepted(tmp_path):
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    import random
+    for k in range(8):
+        elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
+    images, manifest = elite.build_subset(smoke_config(num_images=8), str(folder), tmp_path / "data")
+    assert images.shape == (8, 64, 64, 3) and len(manifest["rows"]) == 8

@@ -1,0 +1,105 @@
+"""The whole notebook, executed headless: smoke mode end to end, a killed-and-resumed run, footprint mode."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import NOTEBOOK, cell_sources
+
+METRIC_KEYS = {"mode", "lpips_alex", "lpips_vgg", "psnr", "per_degradation", "inference", "training", "config",
+               "environment", "created", "model", "test_set", "per_image"}
+
+
+def execute(run_dir: Path, workdir: Path, mode: str = "smoke", wait: bool = True, **overrides):
+    """Run the notebook with `jupyter execute` in `workdir`; returns the process (finished when wait=True)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ELITE_RUN_MODE": mode, "ELITE_RUN_DIR": str(run_dir),
+           **{f"ELITE_{k.upper()}": str(v) for k, v in overrides.items()}}
+    command = [sys.executable, "-m", "jupyter", "execute", "--kernel_name=python3", str(NOTEBOOK)]
+    log = workdir / f"{run_dir.name}.log"  # a file, not a pipe: an unread pipe would block the notebook
+    with open(log, "a") as handle:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    if wait:
+        process.wait(timeout=900)
+        assert process.returncode == 0, log.read_text()[-4000:]
+    return process
+
+
+def trainable_weights(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["trainable"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workdir")
+    run_dir = workdir / "smoke_run"
+    started = time.perf_counter()
+    execute(run_dir, workdir)
+    print(f"smoke notebook run: {time.perf_counter() - started:.1f} s")
+    return run_dir, workdir
+
+
+def test_smoke_run_writes_every_file(smoke_run):
+    run_dir, workdir = smoke_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mode"] == "smoke" and METRIC_KEYS <= set(metrics)
+    for metric in ("lpips_alex", "lpips_vgg", "psnr"):
+        for side in ("degraded", "enhanced"):
+            assert {"mean", "std", "n"} <= set(metrics[metric][side]) and metrics[metric][side]["n"] == 12
+    assert set(metrics["inference"]) >= {"ms_per_image", "batch_size", "dtype", "device"}
+    assert set(metrics["training"]) >= {"steps", "batch_size", "seconds_per_step", "peak_vram_gib"}
+    assert metrics["per_degradation"] and "say nothing about quality" in metrics["note"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002.pt", "step_000004.pt"]
+    assert len(list((run_dir / "comparisons").glob("*.png"))) == 10
+    for name in ("training_log.csv", "data/manifest.json", "data/images.npy", "example_enhanced.png"):
+        assert (run_dir / name).is_file(), name
+    assert not (workdir / "results").exists()
+
+
+def test_killed_run_resumes_to_the_same_weights(smoke_run, tmp_path):
+    straight_dir, _ = smoke_run
+    run_dir = tmp_path / "killed_run"
+    process = execute(run_dir, tmp_path, wait=False)
+    first_checkpoint = run_dir / "checkpoints" / "step_000002.pt"
+    deadline = time.monotonic() + 600
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the notebook process and its kernel, as a disconnect would
+    process.wait()
+    assert first_checkpoint.exists()
+    execute(run_dir, tmp_path)
+    straight = trainable_weights(straight_dir / "checkpoints" / "step_000004.pt")
+    resumed = trainable_weights(run_dir / "checkpoints" / "step_000004.pt")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_footprint_mode_builds_the_real_architecture(tmp_path):
+    run_dir = tmp_path / "footprint"
+    execute(run_dir, tmp_path, mode="footprint", resolution=64, train_steps=2, batch_size=1)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    groups = metrics["model"]["groups"]
+    assert groups["unet_conv_in"] == 4 * 320 * 3 * 3 + 320 and groups["skip_convs"] == 491_520
+    assert abs(groups["unet_lora"] - 8.11e6) < 0.01e6 and abs(groups["vae_decoder_lora"] - 0.52e6) < 0.01e6
+    assert abs(metrics["model"]["frozen_params"] - (865.9e6 + 83.65e6)) < 0.1e6
+    assert metrics["training"]["seconds_per_step"] > 0 and metrics["inference"]["ms_per_image"] > 0
+
+
+def test_notebook_is_committed_clean():
+    notebook = json.loads(NOTEBOOK.read_text())
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+
+
+def test_export_cells_are_pure():
+    for kind, source in cell_sources():
+        if kind == "code" and source.startswith("#| export"):
+            for line in source.splitlines():
+                stripped = line.strip()
+                assert not stripped.startswith(("!", "%")) and ".cuda()" not in stripped, line
+                assert not stripped.startswith("except:"), line
