@@ -41,6 +41,11 @@ def load_exports() -> types.ModuleType:
 elite = load_exports()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: full-size models or repeated notebook runs (CI skips them in the "
+                                       "Colab-versions environment)")
+
+
 def smoke_config(**overrides):
     """The smoke preset as a Config, with overrides."""
     return elite.Config(**{**elite.MODE_PRESETS["smoke"], "run_mode": "smoke", **overrides})

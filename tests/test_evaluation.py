@@ -1,9 +1,12 @@
 """Metric helpers and comparison images."""
+import json
 import math
 
+import pytest
 import torch
+from PIL import Image
 
-from conftest import elite
+from conftest import elite, smoke_config
 
 
 def test_psnr_formula():
@@ -41,3 +44,67 @@ def test_comparison_row_layout(tmp_path):
     strip = max(14, 32 // 16)
     assert row.size == (96, 32 + strip)
     assert row.getpixel((80, strip + 5)) == (255, 255, 255) and row.getpixel((10, strip + 5)) == (0, 0, 0)
+
+
+def test_classical_baseline_sharpens_within_range():
+    blurred = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 32, 32), 3, stride=1, padding=1) * 2 - 1
+    sharpened = elite.classical_baseline(blurred)
+    assert sharpened.shape == blurred.shape and sharpened.min() >= -1 and sharpened.max() <= 1
+    assert (sharpened - blurred).abs().mean() > 0.01
+
+
+def test_ssim_is_one_for_identical_images_and_lower_otherwise():
+    a = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(elite.ssim_per_image(a, a), torch.ones(2))
+    assert torch.all(elite.ssim_per_image(a, a.flip(-1)) < 0.5)
+
+
+def test_score_and_compare_cover_every_side():
+    torch.manual_seed(0)
+    clean = torch.rand(3, 3, 32, 32) * 2 - 1
+    candidates = {side: clean + 0.1 * k for k, side in enumerate(elite.SIDES)}
+    per_image = elite.score(candidates, clean, {"lpips_alex": elite.make_lpips("alex", pretrained=False)})
+    assert set(per_image) == {f"{m}_{s}" for m in ("lpips_alex", "psnr", "ssim") for s in elite.SIDES}
+    summary = elite.compare(per_image, "psnr")
+    assert list(summary) == list(elite.SIDES) and summary["degraded"]["mean"] > summary["enhanced"]["mean"]
+
+
+def test_working_size_keeps_aspect_and_multiples_of_8():
+    assert elite.working_size(1024, 768, 512) == (680, 512)
+    assert elite.working_size(512, 512, 512) == (512, 512)
+    width, height = elite.working_size(4000, 500, 512)
+    assert width * height <= 4 * 512**2 and width % 8 == 0 and height % 8 == 0
+
+
+def test_own_image_errors_say_what_is_wrong(tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    with pytest.raises(ValueError, match="not an image"):
+        elite.load_input_image(text_file, 64)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        elite.load_input_image(tmp_path / "missing.png", 64)
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8000, 7000)).save(huge)
+    with pytest.raises(ValueError, match="megapixels"):
+        elite.load_input_image(huge, 64)
+
+
+def test_own_image_any_mode_and_size(tmp_path):
+    path = tmp_path / "render.webp"
+    Image.new("RGBA", (300, 200), (200, 100, 50, 255)).save(path)
+    image = elite.load_input_image(path, 64)
+    assert image.shape == (1, 3, 64, 96) and image.min() >= -1 and image.max() <= 1
+
+
+def test_adapter_export_and_reload_reproduce_outputs_exactly(tiny_enhancer, tiny_model_dir, tmp_path):
+    config = smoke_config()
+    for name, param in tiny_enhancer.named_parameters():  # stand-in for training: every trainable tensor moves
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.01)
+    folder = elite.export_adapter(tiny_enhancer, config, str(tiny_model_dir), tmp_path / "adapter")
+    reloaded = elite.load_adapter(folder, torch.device("cpu"), torch.float32)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    cpu = torch.device("cpu")
+    assert torch.equal(elite.enhance(tiny_enhancer, images, 2, cpu, torch.float32),
+                       elite.enhance(reloaded, images, 2, cpu, torch.float32))
+    assert json.loads((folder / "adapter.json").read_text())["shape"]["unet_lora_rank"] == config.unet_lora_rank
