@@ -124,3 +124,11 @@ def test_image_folder_is_accepted(tmp_path):
         elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
     images, manifest = elite.build_subset(smoke_config(num_images=8), str(folder), tmp_path / "data")
     assert images.shape == (8, 64, 64, 3) and len(manifest["rows"]) == 8
+
+
+def test_empty_source_fails_clearly(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    elite.write_synthetic_celeba(folder, 0, 64, seed=0)
+    with pytest.raises(ValueError, match="holds no rows"):
+        elite.build_subset(smoke_config(), str(folder), tmp_path / "data")

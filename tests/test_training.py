@@ -158,3 +158,9 @@ def test_nonfinite_losses_stop_training_without_saving(tiny_model_dir, pairs_fac
 def test_learning_rate_warmup_then_cosine(step, expected):
     config = smoke_config(lr_warmup_steps=2, train_steps=10, lr_schedule="cosine")
     assert elite.lr_factor(step, config) == pytest.approx(expected)
+
+
+def test_prefetching_yields_every_step_in_order():
+    seen = list(elite.prefetched(lambda step: (step, step * step), range(3, 9), ahead=2))
+    assert seen == [(step, (step, step * step)) for step in range(3, 9)]
+    assert list(elite.prefetched(lambda step: step, range(0))) == []
