@@ -63,3 +63,9 @@ def test_full_run_without_gpu_stops_with_directions():
 
 def test_choose_dtype_on_cpu_is_fp32():
     assert elite.choose_dtype(torch.device("cpu")) is torch.float32
+
+
+def test_wrong_types_are_named():
+    with pytest.raises(ValueError, match=r"(?s)train_steps='100': expected a int.*resume=1: expected a bool"):
+        elite.Config(train_steps="100", resume=1)
+    assert elite.Config(learning_rate=1).learning_rate == 1  # an int is a fine float

@@ -76,6 +76,7 @@ def test_training_batches_are_a_function_of_the_step(source, tmp_path):
 @pytest.mark.parametrize("make, expected", [
     (lambda: Image.new("L", (80, 80), 120), "ok"),
     (lambda: Image.new("RGBA", (80, 80), (10, 20, 30, 128)), "ok"),
+    (lambda: Image.new("LA", (80, 80), (90, 128)), "ok"),
     (lambda: Image.new("P", (80, 80), 3), "ok"),
     (lambda: Image.new("CMYK", (80, 80), (0, 50, 100, 0)), "ok"),
     (lambda: Image.fromarray(np.full((80, 80), 40000, dtype=np.uint16)), "ok"),

@@ -108,3 +108,11 @@ def test_adapter_export_and_reload_reproduce_outputs_exactly(tiny_enhancer, tiny
     assert torch.equal(elite.enhance(tiny_enhancer, images, 2, cpu, torch.float32),
                        elite.enhance(reloaded, images, 2, cpu, torch.float32))
     assert json.loads((folder / "adapter.json").read_text())["shape"]["unet_lora_rank"] == config.unet_lora_rank
+
+
+def test_lpips_is_given_images_in_minus_one_to_one():
+    torch.manual_seed(0)
+    metric = elite.make_lpips("alex", pretrained=False)
+    a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    expected = metric((a + 1) / 2, (b + 1) / 2, normalize=True).flatten()  # the [0, 1] route of the lpips package
+    assert torch.allclose(elite.lpips_per_image(metric, a, b), expected, atol=1e-6)

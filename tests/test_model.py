@@ -119,3 +119,25 @@ def test_parameter_report_adds_up(tiny_enhancer):
     assert report["trainable_params"] == sum(report["groups"].values())
     assert report["trainable_params"] + report["frozen_params"] == total
     assert report["groups"]["skip_convs"] == sum(i * o for i, o in elite.skip_channels((32, 32, 64, 64)))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_parts):
+    unet, vae, scheduler, prompt = tiny_parts
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    grads = []
+    for checkpointing in (False, True):
+        enhancer = elite.OneStepEnhancer(unet, vae, prompt, scheduler.alphas_cumprod[999], 999, checkpointing)
+        enhancer(images).square().mean().backward()
+        grads.append([conv.weight.grad.clone() for conv in enhancer.skip_convs])
+        unet.disable_gradient_checkpointing()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(*grads))
+
+
+def test_fp32_decode_context_restores_the_frozen_dtype(tiny_enhancer):
+    tiny_enhancer.vae.half()
+    elite.mark_trainable(tiny_enhancer)  # LoRA back to fp32, frozen weights fp16
+    with elite.frozen_vae_in_fp32(tiny_enhancer):
+        assert all(p.dtype == torch.float32 for p in tiny_enhancer.vae.parameters())
+    frozen = [p for p in tiny_enhancer.vae.parameters() if not p.requires_grad]
+    assert all(p.dtype == torch.float16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in tiny_enhancer.vae.parameters() if p.requires_grad)

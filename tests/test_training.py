@@ -164,3 +164,59 @@ def test_prefetching_yields_every_step_in_order():
     seen = list(elite.prefetched(lambda step: (step, step * step), range(3, 9), ahead=2))
     assert seen == [(step, (step, step * step)) for step in range(3, 9)]
     assert list(elite.prefetched(lambda step: step, range(0))) == []
+
+
+SAVE_FOREVER = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import elite, smoke_config
+config, folder = smoke_config(keep_checkpoints=100), Path({folder!r})
+model = torch.nn.Linear(4, 4)
+elite.save_checkpoint(folder, 2, model, *elite.make_optimization(model, config, torch.device("cpu"), torch.float32), config)
+big = torch.nn.Linear(6000, 6000)  # about 140 MB: slow enough to be killed mid-write
+optimization = elite.make_optimization(big, config, torch.device("cpu"), torch.float32)
+for step in range(4, 1000, 2):
+    elite.save_checkpoint(folder, step, big, *optimization, config)
+"""
+
+
+def big_write_in_progress(folder) -> bool:
+    """A partial file of one of the 140 MB checkpoints (step 4 on) is on disk and growing."""
+    for path in folder.glob(".step_*.pt.partial"):
+        try:
+            if path.name != ".step_000002.pt.partial" and path.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # renamed into place between glob and stat
+            pass
+    return False
+
+
+def test_killing_the_process_during_a_save_leaves_a_loadable_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    folder = tmp_path / "checkpoints"
+    script = SAVE_FOREVER.format(tests=str(Path(__file__).parent), folder=str(folder))
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not big_write_in_progress(folder) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    partial = next(folder.glob(".*.partial"))  # killed in the middle of this write
+    complete = elite.list_checkpoints(folder)
+    state = elite.load_latest_checkpoint(folder, smoke_config())
+    assert state["step"] == int(complete[-1].stem.split("_")[1]) < int(partial.name.split("_")[1].split(".")[0])
+
+
+def test_out_of_memory_stops_with_the_knobs_to_turn(tiny_model_dir, pairs_factory, tmp_path):
+    config = smoke_config(train_steps=2)
+    enhancer, _ = fresh_run(tiny_model_dir, config)
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(RuntimeError, match="out of memory.*batch_size=2.*Lower batch_size, lower resolution"):
+        elite.train(enhancer, exhausted, pairs_factory(config), config, tmp_path, CPU, FP32)
