@@ -94,6 +94,14 @@ def test_footprint_mode_builds_the_real_architecture(tmp_path):
     assert metrics["training"]["seconds_per_step"] > 0 and metrics["inference"]["ms_per_image"] > 0
 
 
+def test_full_run_without_gpu_stops_before_any_download(tmp_path):
+    process = execute(tmp_path / "full_run", tmp_path, mode="full", wait=False)
+    process.wait(timeout=300)
+    log = (tmp_path / "full_run.log").read_text()
+    assert process.returncode != 0 and "run_mode='full' needs a GPU" in log and "T4 GPU" in log
+    assert not (tmp_path / "full_run" / "data").exists()
+
+
 def test_notebook_is_committed_clean():
     notebook = json.loads(NOTEBOOK.read_text())
     code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
