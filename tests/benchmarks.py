@@ -37,10 +37,10 @@ def degradation_speed() -> None:
 def subset_speed() -> None:
     folder = Path(tempfile.mkdtemp())
     config = elite.Config(run_mode="smoke", num_images=IMAGES, resolution=RESOLUTION)
-    source = str(elite.write_synthetic_celeba(folder / "source", IMAGES, 2 * RESOLUTION, seed=0))
+    elite.data_source(config, folder)  # the synthetic faces, written before timing
     for label in ("build subset (stream, balance, decode, resize, cache)", "load the cached subset"):
         started = time.perf_counter()
-        images, _ = elite.load_subset(config, source, folder / "data")
+        images, _ = elite.prepare_data(config, folder)
         print(f"{label}: {time.perf_counter() - started:.2f} s for {len(images)} images")
     print(f"cache size: {(folder / 'data' / 'images.npy').stat().st_size / 2**20:.0f} MB")
 

@@ -54,7 +54,7 @@ def smoke_config(**overrides):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny SD-Turbo-shaped model in the Hub layout, written once per test session."""
-    return elite.write_tiny_sd_turbo(tmp_path_factory.mktemp("tiny_sd_turbo"), seed=0)
+    return elite.write_tiny_sd_turbo(tmp_path_factory.mktemp("models") / "tiny_sd_turbo", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +74,35 @@ def tiny_enhancer(tiny_model_dir):
     torch.manual_seed(0)
     config = smoke_config()
     return elite.build_enhancer(config, torch.device("cpu"), torch.float32, str(tiny_model_dir))
+
+
+def trainable_weights(checkpoint: Path) -> dict:
+    """The trainable tensors stored in a checkpoint file."""
+    import torch
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["trainable"]
+
+
+def smoke_environ(run_dir: Path, **overrides) -> dict:
+    """ELITE_* variables of a smoke run in `run_dir`, with overrides."""
+    return {"ELITE_RUN_MODE": "smoke", "ELITE_RUN_DIR": str(run_dir),
+            **{f"ELITE_{name.upper()}": str(value) for name, value in overrides.items()}}
+
+
+@pytest.fixture(scope="session")
+def notebook_kernel(tmp_path_factory):
+    """One kernel for every notebook-level test, as one Colab session: each run follows the ones before it."""
+    from notebook_runner import NotebookKernel
+    workdir = tmp_path_factory.mktemp("kernel_workdir")
+    kernel = NotebookKernel(NOTEBOOK, workdir, {**os.environ, "HF_HUB_OFFLINE": "1"})
+    kernel.workdir = workdir
+    yield kernel
+    kernel.shutdown()
+
+
+@pytest.fixture(scope="session")
+def finished_run(notebook_kernel, tmp_path_factory) -> tuple[Path, str]:
+    """A smoke run of the whole notebook, finished in the shared kernel: (run dir, what it printed)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "finished"
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir))
+    assert finished, text[-4000:]
+    return run_dir, text

@@ -1,10 +1,13 @@
 """Config validation, ELITE_* overrides, run-mode presets and the no-GPU stop."""
+import ast
 import dataclasses
 
 import pytest
 import torch
 
-from conftest import elite
+from conftest import cell_sources, elite
+
+FIELDS = {field.name: field for field in dataclasses.fields(elite.Config)}
 
 
 def test_defaults_are_valid_and_frozen():
@@ -68,4 +71,56 @@ def test_choose_dtype_on_cpu_is_fp32():
 def test_wrong_types_are_named():
     with pytest.raises(ValueError, match=r"(?s)train_steps='100': expected a int.*resume=1: expected a bool"):
         elite.Config(train_steps="100", resume=1)
-    assert elite.Config(learning_rate=1).learning_rate == 1  # an int is a fine float
+    assert elite.Config(grad_clip=1).grad_clip == 1  # an int is a fine float
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"learning_rate": float("inf")}, "learning_rate=inf: must be finite"),
+    ({"learning_rate": float("nan")}, "learning_rate=nan: must be finite"),
+    ({"learning_rate": 1e6}, "learning_rate=1000000.0: use a value in (0, 0.01]"),
+    ({"learning_rate": 0.0}, "learning_rate=0.0: use a value in (0, 0.01]"),
+    ({"lpips_weight": float("inf")}, "lpips_weight=inf: must be finite"),
+    ({"blur_strength": (0.1, float("nan"))}, "blur_strength=(0.1, nan): must be finite"),
+    ({"seed": -1}, "seed=-1: use a non-negative integer"),
+    ({"num_examples": 0}, "num_examples=0: must be at least 1")])
+def test_values_that_would_break_training_later_are_refused_now(changes, message):
+    with pytest.raises(ValueError) as error:
+        elite.Config(**changes)
+    assert message in str(error.value)
+
+
+def form_cell() -> ast.Module:
+    return ast.parse(next(src for kind, src in cell_sources() if kind == "code" and "# @title Run parameters" in src))
+
+
+def test_the_form_cell_assigns_exactly_the_form_fields_with_the_config_defaults():
+    assignments = {node.targets[0].id: ast.literal_eval(node.value) for node in form_cell().body}
+    assert tuple(assignments) == elite.FORM_FIELDS
+    assert assignments == {name: FIELDS[name].default for name in elite.FORM_FIELDS}
+
+
+def test_every_field_is_identity_optimisation_or_free_exactly_once():
+    classes = elite.IDENTITY_FIELDS + elite.OPTIMISATION_FIELDS + elite.FREE_FIELDS
+    assert sorted(classes) == sorted(FIELDS)
+
+
+def assigned_names(tree: ast.AST) -> set[str]:
+    """Names a cell binds at the top level (assignments, loops, with, imports, defs)."""
+    names = set()
+    for node in tree.body:
+        for target in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else []:
+            if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
+                names.add(target.id)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def test_no_cell_but_the_form_binds_a_config_field_name():
+    """The parameters cell reads the form from globals: a later cell that left e.g. `results_dir` behind would be
+    read as a form value by the next Run all in the same kernel."""
+    for kind, source in cell_sources():
+        if kind == "code" and "# @title Run parameters" not in source:
+            assert not assigned_names(ast.parse(source)) & set(FIELDS), source.splitlines()[0]

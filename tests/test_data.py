@@ -45,14 +45,32 @@ def test_subset_is_balanced_reproducible_and_split_without_leakage(source, tmp_p
     assert all(r["degradation"] for r in rows if r["split"] == "test")
 
 
-def test_cache_is_used_and_rebuilt_when_settings_change(source, tmp_path):
-    config = smoke_config(num_images=12)
-    elite.load_subset(config, source, tmp_path)
-    manifest_path = tmp_path / "manifest.json"
-    marked = json.loads(manifest_path.read_text()) | {"marker": True}
-    manifest_path.write_text(json.dumps(marked))
-    assert elite.load_subset(config, source, tmp_path)[1].get("marker")  # read from the cache
-    assert "marker" not in elite.load_subset(smoke_config(num_images=16), source, tmp_path)[1]
+def test_the_subset_is_built_once_then_read_from_the_cache(source, tmp_path):
+    config = smoke_config(num_images=12, dataset=source)
+    images, manifest = elite.prepare_data(config, tmp_path)
+    assert manifest["source"] == source and manifest["requested"] == 12 and len(images) == 12
+    manifest_path = tmp_path / "data" / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest | {"marker": True}))
+    assert elite.prepare_data(config, tmp_path)[1].get("marker")  # read, not rebuilt
+    assert not list((tmp_path / "data").glob(".*.partial"))
+
+
+def test_offline_runs_read_synthetic_faces_unless_dataset_is_a_local_folder(source, tmp_path):
+    assert elite.data_source(smoke_config(dataset=source), tmp_path) == source
+    synthetic = elite.data_source(smoke_config(), tmp_path)  # the default Hub id is never downloaded offline
+    assert synthetic == str(tmp_path / "synthetic_source") and (tmp_path / "synthetic_source" / "faces.parquet").exists()
+    assert elite.data_source(elite.Config(), tmp_path) == "mattymchen/celeba-hq"
+
+
+def test_more_images_requested_than_usable_are_reported(tmp_path):
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    import random
+    for k in range(10):
+        elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
+    (folder / "broken.png").write_bytes(b"garbage")
+    images, manifest = elite.build_subset(smoke_config(num_images=16, test_fraction=0.2), str(folder), tmp_path / "d")
+    assert (manifest["requested"], len(manifest["rows"]), manifest["skipped"]) == (16, 10, {"undecodable": 1})
 
 
 def test_test_pairs_are_identical_across_runs(source, tmp_path):
@@ -112,9 +130,11 @@ def test_too_few_usable_images_fail_clearly(tmp_path):
         elite.build_subset(smoke_config(num_images=12), str(folder), tmp_path / "data")
 
 
-def test_missing_source_folder_fails_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dataset="):
-        elite.open_image_stream(str(tmp_path / "nowhere"), "train")
+@pytest.mark.parametrize("mode", elite.RUN_MODES)
+def test_a_missing_dataset_folder_is_refused_in_every_mode(tmp_path, mode):
+    with pytest.raises(FileNotFoundError, match=r"dataset='.*nowhere' is not a folder"):
+        elite.check_inputs(elite.Config(run_mode=mode, dataset=str(tmp_path / "nowhere")))
+    elite.check_inputs(elite.Config(run_mode=mode, dataset=str(tmp_path)))  # an existing folder is fine
 
 
 def test_image_folder_is_accepted(tmp_path):

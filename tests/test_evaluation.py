@@ -107,7 +107,7 @@ def test_adapter_export_and_reload_reproduce_outputs_exactly(tiny_enhancer, tiny
     cpu = torch.device("cpu")
     assert torch.equal(elite.enhance(tiny_enhancer, images, 2, cpu, torch.float32),
                        elite.enhance(reloaded, images, 2, cpu, torch.float32))
-    assert json.loads((folder / "adapter.json").read_text())["shape"]["unet_lora_rank"] == config.unet_lora_rank
+    assert json.loads((folder / "adapter.json").read_text())["model"]["unet_lora_rank"] == config.unet_lora_rank
 
 
 def test_lpips_is_given_images_in_minus_one_to_one():

@@ -1,4 +1,4 @@
-"""The whole notebook, executed headless: smoke mode end to end, a killed-and-resumed run, footprint mode."""
+"""The whole notebook, executed headless: smoke mode end to end, a killed-and-resumed run, footprint mode, no GPU."""
 import json
 import os
 import signal
@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import NOTEBOOK, cell_sources
+from conftest import NOTEBOOK, cell_sources, smoke_environ, trainable_weights
 
 METRIC_KEYS = {"mode", "lpips_alex", "lpips_vgg", "psnr", "per_degradation", "inference", "training", "config",
                "environment", "created", "model", "test_set", "per_image"}
 
 
-def execute(run_dir: Path, workdir: Path, mode: str = "smoke", wait: bool = True, **overrides):
-    """Run the notebook headless in `workdir`; returns the process (finished when wait=True)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ELITE_RUN_MODE": mode, "ELITE_RUN_DIR": str(run_dir),
-           **{f"ELITE_{k.upper()}": str(v) for k, v in overrides.items()}}
+def execute(run_dir: Path, workdir: Path, wait: bool = True):
+    """Run the notebook in smoke mode in its own process (and kernel); returns the process (finished when wait)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **smoke_environ(run_dir)}
     command = [sys.executable, str(Path(__file__).with_name("notebook_runner.py")), str(NOTEBOOK), "600"]
     log = workdir / f"{run_dir.name}.log"  # a file, not a pipe: an unread pipe would block the notebook
     with open(log, "a") as handle:
@@ -31,42 +30,31 @@ def execute(run_dir: Path, workdir: Path, mode: str = "smoke", wait: bool = True
     return process
 
 
-def trainable_weights(checkpoint: Path) -> dict:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["trainable"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workdir")
-    run_dir = workdir / "smoke_run"
-    started = time.perf_counter()
-    execute(run_dir, workdir)
-    print(f"smoke notebook run: {time.perf_counter() - started:.1f} s")
-    return run_dir, workdir
-
-
-def test_smoke_run_writes_every_file(smoke_run):
-    run_dir, workdir = smoke_run
+def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
+    run_dir, _ = finished_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["mode"] == "smoke" and METRIC_KEYS <= set(metrics)
     for metric in ("lpips_alex", "lpips_vgg", "psnr"):
         for side in ("degraded", "enhanced"):
             assert {"mean", "std", "n"} <= set(metrics[metric][side]) and metrics[metric][side]["n"] == 12
     assert set(metrics["inference"]) >= {"ms_per_image", "batch_size", "dtype", "device"}
-    assert set(metrics["training"]) >= {"steps", "batch_size", "seconds_per_step", "peak_vram_gib"}
+    assert set(metrics["training"]) >= {"steps", "batch_size", "seconds_per_step", "peak_vram_gib", "history"}
     assert metrics["per_degradation"] and "say nothing about quality" in metrics["note"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002.pt", "step_000004.pt"]
     assert len(list((run_dir / "comparisons").glob("example_*.png"))) == 10
-    for name in ("training_log.csv", "data/manifest.json", "data/images.npy", "example_enhanced.png",
+    for name in ("run.json", "training_log.csv", "data/manifest.json", "data/images.npy", "example_enhanced.png",
                  "comparisons/zoom_best.png", "comparisons/per_family_lpips_alex.png", "adapter/adapter.safetensors",
                  "adapter/adapter.json"):
         assert (run_dir / name).is_file(), name
-    assert not (workdir / "results").exists()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["identity"]["seed"] == 0 and record["history"] == []
+    assert not (notebook_kernel.workdir / "results").exists()
+    assert not list(run_dir.rglob("*.partial"))
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(smoke_run, tmp_path):
-    straight_dir, _ = smoke_run
+def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
+    straight_dir, _ = finished_run
     run_dir = tmp_path / "killed_run"
     process = execute(run_dir, tmp_path, wait=False)
     first_checkpoint = run_dir / "checkpoints" / "step_000002.pt"
@@ -83,9 +71,12 @@ def test_killed_run_resumes_to_the_same_weights(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_footprint_mode_builds_the_real_architecture(tmp_path):
+def test_footprint_mode_builds_the_real_architecture(notebook_kernel, tmp_path):
     run_dir = tmp_path / "footprint"
-    execute(run_dir, tmp_path, mode="footprint", resolution=64, train_steps=2, batch_size=1)
+    finished, text = notebook_kernel.run_all({"ELITE_RUN_MODE": "footprint", "ELITE_RUN_DIR": str(run_dir),
+                                              "ELITE_RESOLUTION": "64", "ELITE_TRAIN_STEPS": "2",
+                                              "ELITE_BATCH_SIZE": "1"})
+    assert finished, text[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     groups = metrics["model"]["groups"]
     assert groups["unet_conv_in"] == 4 * 320 * 3 * 3 + 320 and groups["skip_convs"] == 491_520
@@ -94,12 +85,10 @@ def test_footprint_mode_builds_the_real_architecture(tmp_path):
     assert metrics["training"]["seconds_per_step"] > 0 and metrics["inference"]["ms_per_image"] > 0
 
 
-def test_full_run_without_gpu_stops_before_any_download(tmp_path):
-    process = execute(tmp_path / "full_run", tmp_path, mode="full", wait=False)
-    process.wait(timeout=300)
-    log = (tmp_path / "full_run.log").read_text()
-    assert process.returncode != 0 and "run_mode='full' needs a GPU" in log and "T4 GPU" in log
-    assert not (tmp_path / "full_run" / "data").exists()
+def test_full_run_without_gpu_stops_before_any_download(notebook_kernel, tmp_path):
+    finished, text = notebook_kernel.run_all({"ELITE_RUN_MODE": "full", "ELITE_RUN_DIR": str(tmp_path / "full")})
+    assert not finished and "run_mode='full' needs a GPU" in text and "T4 GPU" in text
+    assert not (tmp_path / "full").exists()
 
 
 def test_notebook_is_committed_clean():

@@ -12,10 +12,10 @@ CPU, FP32 = torch.device("cpu"), torch.float32
 @pytest.fixture(scope="module")
 def pairs_factory(tmp_path_factory):
     source = str(elite.write_synthetic_celeba(tmp_path_factory.mktemp("faces"), 12, 96, seed=0))
-    data_dir = tmp_path_factory.mktemp("data")
+    images, manifest = elite.build_subset(smoke_config(), source, tmp_path_factory.mktemp("data"))
 
     def make(config):
-        return elite.FacePairs(*elite.load_subset(config, source, data_dir), config)
+        return elite.FacePairs(images, manifest, config)
     return make
 
 
@@ -30,12 +30,18 @@ def trainable(enhancer) -> dict:
     return {n: p.detach().clone() for n, p in enhancer.named_parameters() if p.requires_grad}
 
 
+def train(enhancer, loss_fn, pairs, config, run_dir, on_eval=None) -> dict:
+    """The notebook's train() on a run directory started like the parameters cell starts it."""
+    record = elite.start_run(run_dir, config)
+    return elite.train(enhancer, loss_fn, pairs, config, run_dir, record, CPU, FP32, on_eval=on_eval)
+
+
 def test_training_steps_reduce_the_loss_on_a_fixed_pair(tiny_model_dir, pairs_factory):
     config = smoke_config(learning_rate=1e-3, lr_warmup_steps=1, lr_schedule="constant", gram_weight=0.0)
     enhancer, loss_fn = fresh_run(tiny_model_dir, config)
     degraded, clean, _ = pairs_factory(config).train_batch(0)
-    optimization = elite.make_optimization(enhancer, config, CPU, FP32)
-    losses = [elite.train_step(enhancer, loss_fn, *optimization, degraded, clean, step, config, FP32)["total"]
+    optimization = elite.Optimization.create(enhancer, config, CPU, FP32)
+    losses = [elite.train_step(enhancer, loss_fn, optimization, degraded, clean, step, config, FP32)["total"]
               for step in range(12)]
     assert losses[-1] < 0.9 * losses[0]
 
@@ -53,58 +59,73 @@ def stop_at(stop_step):
 
 
 def test_resume_is_bit_identical_to_a_straight_run(tiny_model_dir, pairs_factory, tmp_path):
-    config = smoke_config(train_steps=6, checkpoint_every=2, eval_every=1, lr_warmup_steps=2)
+    config = smoke_config(train_steps=4, checkpoint_every=2, eval_every=1, lr_warmup_steps=2)
     straight, loss_fn = fresh_run(tiny_model_dir, config)
-    elite.train(straight, loss_fn, pairs_factory(config), config, tmp_path / "straight", CPU, FP32)
+    train(straight, loss_fn, pairs_factory(config), config, tmp_path / "straight")
 
     interrupted, loss_fn = fresh_run(tiny_model_dir, config)
     with pytest.raises(Disconnect):  # stops during step 3, after the step-2 checkpoint
-        elite.train(interrupted, loss_fn, pairs_factory(config), config, tmp_path / "resumed", CPU, FP32,
-                    on_eval=stop_at(3))
+        train(interrupted, loss_fn, pairs_factory(config), config, tmp_path / "resumed", on_eval=stop_at(3))
     resumed, loss_fn = fresh_run(tiny_model_dir, config)
     torch.manual_seed(123)  # a new process has other RNG state; the checkpoint restores it
-    summary = elite.train(resumed, loss_fn, pairs_factory(config), config, tmp_path / "resumed", CPU, FP32,
-                          on_eval=stop_at(-1))
+    summary = train(resumed, loss_fn, pairs_factory(config), config, tmp_path / "resumed", on_eval=stop_at(-1))
 
-    assert summary["resumed_from"] == 2
+    assert summary["trained_this_session"] == 2 and summary["steps"] == 4
     a, b = trainable(straight), trainable(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with open(tmp_path / "resumed" / "training_log.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row["total"]]
-    assert steps == list(range(6))
+    assert steps == list(range(4))
 
 
-def test_training_further_continues_with_the_new_schedule(tiny_model_dir, pairs_factory, tmp_path):
+def test_training_further_continues_with_the_new_schedule_and_records_it(tiny_model_dir, pairs_factory, tmp_path):
     short = smoke_config(train_steps=2, checkpoint_every=2)
     enhancer, loss_fn = fresh_run(tiny_model_dir, short)
-    elite.train(enhancer, loss_fn, pairs_factory(short), short, tmp_path, CPU, FP32)
+    train(enhancer, loss_fn, pairs_factory(short), short, tmp_path)
     longer = smoke_config(train_steps=4, checkpoint_every=2, lr_schedule="constant")
     enhancer, loss_fn = fresh_run(tiny_model_dir, longer)
-    summary = elite.train(enhancer, loss_fn, pairs_factory(longer), longer, tmp_path, CPU, FP32)
+    summary = train(enhancer, loss_fn, pairs_factory(longer), longer, tmp_path)
     with open(tmp_path / "training_log.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row["total"]]
-    assert summary["resumed_from"] == 2 and [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert summary["trained_this_session"] == 2 and [int(r["step"]) for r in rows] == [0, 1, 2, 3]
     assert float(rows[2]["lr"]) == longer.learning_rate  # not the finished run's final 0
+    assert summary["history"] == [{"step": 2, "field": "train_steps", "old": 2, "new": 4},
+                                  {"step": 2, "field": "lr_schedule", "old": "cosine", "new": "constant"}]
+
+
+def test_a_changed_weight_decay_reaches_the_restored_optimizer(tiny_model_dir, pairs_factory, tmp_path):
+    config = smoke_config(train_steps=2, checkpoint_every=2)
+    enhancer, loss_fn = fresh_run(tiny_model_dir, config)
+    train(enhancer, loss_fn, pairs_factory(config), config, tmp_path)
+    changed = smoke_config(train_steps=2, weight_decay=0.5, learning_rate=3e-4)
+    enhancer, _ = fresh_run(tiny_model_dir, changed)
+    optimization = elite.Optimization.create(enhancer, changed, CPU, FP32)
+    assert elite.restore_newest_checkpoint(tmp_path / "checkpoints", changed, enhancer, optimization) == 2
+    rate = optimization.apply_settings(2, changed)
+    assert rate == 3e-4 * elite.lr_factor(2, changed)
+    assert {(g["lr"], g["weight_decay"]) for g in optimization.optimizer.param_groups} == {(rate, 0.5)}
 
 
 def save(folder, step, enhancer, config):
-    optimization = elite.make_optimization(enhancer, config, CPU, FP32)
-    return elite.save_checkpoint(folder, step, enhancer, *optimization, config)
+    optimization = elite.Optimization.create(enhancer, config, CPU, FP32)
+    return elite.save_checkpoint(folder, step, enhancer, optimization, config)
 
 
 def test_round_trip_restores_every_piece(tiny_model_dir, pairs_factory, tmp_path):
     config = smoke_config(train_steps=3)
     enhancer, loss_fn = fresh_run(tiny_model_dir, config)
-    elite.train(enhancer, loss_fn, pairs_factory(config), config, tmp_path, CPU, FP32)
+    train(enhancer, loss_fn, pairs_factory(config), config, tmp_path)
     state = elite.load_latest_checkpoint(tmp_path / "checkpoints", config)
-    assert state["step"] == 3 and state["format"] == elite.CHECKPOINT_FORMAT and state["data_position"] == 3
-    assert state["config"]["train_steps"] == 3 and set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert state["step"] == 3 and state["format"] == elite.CHECKPOINT_FORMAT
+    assert state["identity"] == elite.run_identity(config) and state["config"]["train_steps"] == 3
+    assert set(state) == {"format", "step", "config", "identity", "trainable", "optimizer", "scaler", "rng"}
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
     other, _ = fresh_run(tiny_model_dir, config)
-    optimizer, scaler, lr_scheduler = elite.make_optimization(other, config, CPU, FP32)
+    optimization = elite.Optimization.create(other, config, CPU, FP32)
     torch.manual_seed(99)
-    assert elite.restore_training_state(state, other, optimizer, scaler, lr_scheduler) == 3
+    assert elite.restore_newest_checkpoint(tmp_path / "checkpoints", config, other, optimization) == 3
     assert all(torch.equal(trainable(enhancer)[k], v) for k, v in trainable(other).items())
-    assert lr_scheduler.last_epoch == 3 and len(optimizer.state) == len(trainable(other))
+    assert len(optimization.optimizer.state) == len(trainable(other))
     assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
 
 
@@ -124,6 +145,41 @@ def test_truncated_newest_checkpoint_is_skipped(tiny_enhancer, tmp_path):
         assert elite.load_latest_checkpoint(tmp_path, config)["step"] == 2
 
 
+def test_pruning_keeps_a_readable_checkpoint_over_an_unreadable_newer_one(tiny_model_dir, pairs_factory, tmp_path):
+    config = smoke_config(train_steps=2, checkpoint_every=2, keep_checkpoints=1)
+    enhancer, loss_fn = fresh_run(tiny_model_dir, config)
+    corrupt = save(tmp_path / "checkpoints", 6, enhancer, config)
+    corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])  # cut off, as by a disconnect
+    elite.write_json(tmp_path / "run.json", elite.new_run_record(config))
+    with pytest.warns(UserWarning, match="step_000006"):
+        train(enhancer, loss_fn, pairs_factory(config), config, tmp_path)
+    assert [path.name for path in elite.list_checkpoints(tmp_path / "checkpoints")] == ["step_000002.pt"]
+    assert elite.load_latest_checkpoint(tmp_path / "checkpoints", config)["step"] == 2
+
+
+def test_a_checkpoint_that_does_not_read_back_is_not_counted(tiny_enhancer, tmp_path, monkeypatch):
+    config = smoke_config(keep_checkpoints=1)
+    save(tmp_path, 2, tiny_enhancer, config)
+
+    def unreadable(path):
+        raise EOFError("Drive lost the end of the file")
+    monkeypatch.setattr(elite, "read_checkpoint", unreadable)
+    with pytest.raises(OSError, match="did not read back.*older checkpoints are kept"):
+        save(tmp_path, 4, tiny_enhancer, config)
+    monkeypatch.undo()
+    assert elite.load_latest_checkpoint(tmp_path, config)["step"] == 4  # nothing pruned: step 2 is still there
+    assert (tmp_path / "step_000002.pt").exists()
+
+
+def test_nonfinite_weights_are_never_saved(tiny_enhancer, tmp_path):
+    config = smoke_config()
+    save(tmp_path, 2, tiny_enhancer, config)
+    next(p for p in tiny_enhancer.parameters() if p.requires_grad).data[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="Not saving step 4.*continues from step_000002.pt"):
+        save(tmp_path, 4, tiny_enhancer, config)
+    assert [path.name for path in elite.list_checkpoints(tmp_path)] == ["step_000002.pt"]
+
+
 def test_interrupted_save_leaves_the_previous_checkpoint(tiny_enhancer, tmp_path):
     config = smoke_config()
     save(tmp_path, 2, tiny_enhancer, config)
@@ -133,25 +189,32 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tiny_enhancer, tmp_path
 
 def test_mismatched_checkpoint_is_refused_with_field_names(tiny_enhancer, tmp_path):
     save(tmp_path, 2, tiny_enhancer, smoke_config())
-    with pytest.raises(ValueError, match=r"unet_lora_rank: checkpoint 8, now 4.*resolution: checkpoint 64, now 128"):
+    with pytest.raises(ValueError, match=r"resolution: 64 -> 128.*unet_lora_rank: 8 -> 4"):
         elite.load_latest_checkpoint(tmp_path, smoke_config(unet_lora_rank=4, resolution=128))
 
 
-def test_resume_off_never_overwrites(tiny_enhancer, tmp_path):
-    save(tmp_path / "checkpoints", 2, tiny_enhancer, smoke_config())
-    config = smoke_config(resume=False)
-    with pytest.raises(FileExistsError, match="resume is off"):
-        elite.resume_step(tmp_path / "checkpoints", config, tiny_enhancer,
-                          *elite.make_optimization(tiny_enhancer, config, CPU, FP32))
-
-
-def test_nonfinite_losses_stop_training_without_saving(tiny_model_dir, pairs_factory, tmp_path):
-    config = smoke_config(train_steps=6, checkpoint_every=100, max_nonfinite_steps=3)
+def test_a_short_streak_of_nonfinite_losses_stops_training_and_names_the_last_checkpoint(tiny_model_dir,
+                                                                                        pairs_factory, tmp_path):
+    config = smoke_config(train_steps=12, checkpoint_every=2)
     enhancer, loss_fn = fresh_run(tiny_model_dir, config)
-    loss_fn.config = smoke_config(l1_weight=float("inf"))
-    with pytest.raises(FloatingPointError, match="3 steps in a row"):
-        elite.train(enhancer, loss_fn, pairs_factory(config), config, tmp_path, CPU, FP32)
-    assert not list(tmp_path.glob("checkpoints/*.pt"))
+
+    def diverging(enhanced, clean, step):
+        terms = loss_fn(enhanced, clean, step)
+        return terms | {"total": terms["total"] * (float("nan") if step >= 3 else 1.0)}
+    with pytest.raises(FloatingPointError, match=r"5 steps in a row.*at step 7.*continues from step_000006.pt"):
+        train(enhancer, diverging, pairs_factory(config), config, tmp_path)  # default max_nonfinite_steps
+    checkpoints = elite.list_checkpoints(tmp_path / "checkpoints")
+    assert [path.name for path in checkpoints] == ["step_000004.pt", "step_000006.pt"]
+    assert all(elite.first_nonfinite(elite.read_checkpoint(path)["trainable"]) is None for path in checkpoints)
+
+
+def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
+    layer = torch.nn.Linear(3, 3)
+    before = layer.weight.detach().clone()
+    optimization = elite.Optimization.create(layer, smoke_config(), CPU, FP32)  # fp32: the scaler is off
+    loss = torch.sqrt(layer.weight - layer.weight.detach()).sum()  # finite (0), with infinite gradients
+    assert torch.isfinite(loss) and not optimization.update(loss, grad_clip=1.0)
+    assert torch.equal(layer.weight, before) and layer.weight.grad is None
 
 
 @pytest.mark.parametrize("step, expected", [(0, 0.5), (1, 1.0), (2, 1.0), (6, 0.5), (10, 0.0)])
@@ -166,6 +229,25 @@ def test_prefetching_yields_every_step_in_order():
     assert list(elite.prefetched(lambda step: step, range(0))) == []
 
 
+def prefetch_threads() -> list:
+    import threading
+    return [thread for thread in threading.enumerate() if thread.name.startswith("prefetch")]
+
+
+def test_an_interrupted_loop_stops_the_prefetch_threads(tiny_model_dir, pairs_factory, tmp_path):
+    config = smoke_config(train_steps=6, eval_every=1)
+    enhancer, loss_fn = fresh_run(tiny_model_dir, config)
+
+    def stop(step, rows):
+        if step == 2:
+            assert prefetch_threads()  # the next batches are being prepared
+            raise KeyboardInterrupt
+        return 0.0
+    with pytest.raises(KeyboardInterrupt):
+        train(enhancer, loss_fn, pairs_factory(config), config, tmp_path, on_eval=stop)
+    assert prefetch_threads() == []
+
+
 SAVE_FOREVER = """
 import sys, torch
 from pathlib import Path
@@ -173,11 +255,12 @@ sys.path.insert(0, {tests!r})
 from conftest import elite, smoke_config
 config, folder = smoke_config(keep_checkpoints=100), Path({folder!r})
 model = torch.nn.Linear(4, 4)
-elite.save_checkpoint(folder, 2, model, *elite.make_optimization(model, config, torch.device("cpu"), torch.float32), config)
+elite.save_checkpoint(folder, 2, model, elite.Optimization.create(model, config, torch.device("cpu"), torch.float32),
+                      config)
 big = torch.nn.Linear(6000, 6000)  # about 140 MB: slow enough to be killed mid-write
-optimization = elite.make_optimization(big, config, torch.device("cpu"), torch.float32)
+optimization = elite.Optimization.create(big, config, torch.device("cpu"), torch.float32)
 for step in range(4, 1000, 2):
-    elite.save_checkpoint(folder, step, big, *optimization, config)
+    elite.save_checkpoint(folder, step, big, optimization, config)
 """
 
 
@@ -219,4 +302,4 @@ def test_out_of_memory_stops_with_the_knobs_to_turn(tiny_model_dir, pairs_factor
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(RuntimeError, match="out of memory.*batch_size=2.*Lower batch_size, lower resolution"):
-        elite.train(enhancer, exhausted, pairs_factory(config), config, tmp_path, CPU, FP32)
+        train(enhancer, exhausted, pairs_factory(config), config, tmp_path)
