@@ -124,3 +124,17 @@ def test_no_cell_but_the_form_binds_a_config_field_name():
     for kind, source in cell_sources():
         if kind == "code" and "# @title Run parameters" not in source:
             assert not assigned_names(ast.parse(source)) & set(FIELDS), source.splitlines()[0]
+
+
+def test_papermill_parameters_land_where_the_parameters_cell_reads_them():
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    from conftest import NOTEBOOK
+    notebook = parameterize_notebook(load_notebook_node(str(NOTEBOOK)), {"run_mode": "smoke", "train_steps": 8})
+    form = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
+    assert notebook.cells[form].source.startswith("# @title Run parameters")  # the tag sits on the form cell
+    namespace = {}
+    for cell in notebook.cells[form:form + 2]:  # the form, then papermill's injected values
+        exec(cell.source, namespace)
+    assert {name: namespace[name] for name in ("run_mode", "train_steps", "seed")} == {
+        "run_mode": "smoke", "train_steps": 8, "seed": 0}

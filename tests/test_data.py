@@ -1,6 +1,8 @@
 """Subset drawing, caching, splitting and bad input."""
+import collections
 import io
 import json
+import random
 
 import numpy as np
 import pytest
@@ -65,7 +67,6 @@ def test_offline_runs_read_synthetic_faces_unless_dataset_is_a_local_folder(sour
 def test_more_images_requested_than_usable_are_reported(tmp_path):
     folder = tmp_path / "renders"
     folder.mkdir()
-    import random
     for k in range(10):
         elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
     (folder / "broken.png").write_bytes(b"garbage")
@@ -134,13 +135,13 @@ def test_too_few_usable_images_fail_clearly(tmp_path):
 def test_a_missing_dataset_folder_is_refused_in_every_mode(tmp_path, mode):
     with pytest.raises(FileNotFoundError, match=r"dataset='.*nowhere' is not a folder"):
         elite.check_inputs(elite.Config(run_mode=mode, dataset=str(tmp_path / "nowhere")))
-    elite.check_inputs(elite.Config(run_mode=mode, dataset=str(tmp_path)))  # an existing folder is fine
+    Image.new("RGB", (80, 80)).save(tmp_path / "render.png")
+    elite.check_inputs(elite.Config(run_mode=mode, dataset=str(tmp_path)))  # a folder of images is fine
 
 
 def test_image_folder_is_accepted(tmp_path):
     folder = tmp_path / "renders"
     folder.mkdir()
-    import random
     for k in range(8):
         elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
     images, manifest = elite.build_subset(smoke_config(num_images=8), str(folder), tmp_path / "data")
@@ -153,3 +154,41 @@ def test_empty_source_fails_clearly(tmp_path):
     elite.write_synthetic_celeba(folder, 0, 64, seed=0)
     with pytest.raises(ValueError, match="holds no rows"):
         elite.build_subset(smoke_config(), str(folder), tmp_path / "data")
+
+
+def write_parquet(folder, columns: dict):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), folder / "part.parquet")
+    return folder
+
+
+def jpeg_bytes(k: int) -> bytes:
+    buffer = io.BytesIO()
+    elite.synthetic_face(random.Random(k), 80).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_a_dataset_folder_that_cannot_be_read_is_refused_up_front(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="holds no parquet files and no images"):
+        elite.check_inputs(smoke_config(dataset=str(tmp_path / "empty")))
+    wrong = write_parquet(tmp_path / "wrong", {"img": [{"bytes": jpeg_bytes(0), "path": None}], "label": [0]})
+    with pytest.raises(ValueError, match=r"has the columns \['img', 'label'\]; it needs an 'image' column"):
+        elite.check_inputs(smoke_config(dataset=str(wrong)))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "part.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="not a readable parquet file"):
+        elite.check_inputs(smoke_config(dataset=str(tmp_path / "broken")))
+
+
+def test_string_labels_are_balanced_like_class_indices(tmp_path):
+    labels = ["female"] * 10 + ["male "] * 10  # as a user's own table might hold them
+    folder = write_parquet(tmp_path / "faces", {"image": [{"bytes": jpeg_bytes(k), "path": None} for k in range(20)],
+                                                 "label": labels})
+    elite.check_inputs(smoke_config(dataset=str(folder)))
+    _, manifest = elite.build_subset(smoke_config(num_images=12, test_fraction=0.5), str(folder), tmp_path / "data")
+    counts = collections.Counter((row["split"], row["label"]) for row in manifest["rows"])
+    assert counts == {("train", "female"): 3, ("test", "female"): 3, ("train", "male"): 3, ("test", "male"): 3}

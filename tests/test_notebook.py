@@ -16,18 +16,13 @@ METRIC_KEYS = {"mode", "lpips_alex", "lpips_vgg", "psnr", "per_degradation", "in
                "environment", "created", "model", "test_set", "per_image"}
 
 
-def execute(run_dir: Path, workdir: Path, wait: bool = True):
-    """Run the notebook in smoke mode in its own process (and kernel); returns the process (finished when wait)."""
+def start_smoke_run(run_dir: Path, workdir: Path) -> subprocess.Popen:
+    """The smoke notebook in a process (and kernel) of its own, as a Colab session is."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **smoke_environ(run_dir)}
     command = [sys.executable, str(Path(__file__).with_name("notebook_runner.py")), str(NOTEBOOK), "600"]
-    log = workdir / f"{run_dir.name}.log"  # a file, not a pipe: an unread pipe would block the notebook
-    with open(log, "a") as handle:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    if wait:
-        process.wait(timeout=900)
-        assert process.returncode == 0, log.read_text()[-4000:]
-    return process
+    with open(workdir / f"{run_dir.name}.log", "a") as log:  # a file, not a pipe: an unread pipe would block
+        return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
@@ -46,6 +41,8 @@ def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
                  "comparisons/zoom_best.png", "comparisons/per_family_lpips_alex.png", "adapter/adapter.safetensors",
                  "adapter/adapter.json"):
         assert (run_dir / name).is_file(), name
+    assert metrics["data"]["requested"] == metrics["data"]["used"] == 24
+    assert metrics["runtime"] == {"dtype": "float32", "memory_cap_gib": None, "attention": "cpu"}
     record = json.loads((run_dir / "run.json").read_text())
     assert record["identity"]["seed"] == 0 and record["history"] == []
     assert not (notebook_kernel.workdir / "results").exists()
@@ -53,10 +50,10 @@ def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(finished_run, notebook_kernel, tmp_path):
     straight_dir, _ = finished_run
     run_dir = tmp_path / "killed_run"
-    process = execute(run_dir, tmp_path, wait=False)
+    process = start_smoke_run(run_dir, tmp_path)
     first_checkpoint = run_dir / "checkpoints" / "step_000002.pt"
     deadline = time.monotonic() + 600
     while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -64,7 +61,8 @@ def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)  # the notebook process and its kernel, as a disconnect would
     process.wait()
     assert first_checkpoint.exists()
-    execute(run_dir, tmp_path)
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir))  # another process: the new Colab session
+    assert finished and "Resuming from step 2" in text, text[-3000:]
     straight = trainable_weights(straight_dir / "checkpoints" / "step_000004.pt")
     resumed = trainable_weights(run_dir / "checkpoints" / "step_000004.pt")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)

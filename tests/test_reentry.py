@@ -6,6 +6,8 @@ import json
 import shutil
 import time
 
+import pyarrow
+import pyarrow.parquet
 import torch
 
 from conftest import elite, smoke_config, smoke_environ, trainable_weights
@@ -138,13 +140,34 @@ def test_train_steps_at_or_below_the_steps_done_trains_nothing_and_reports_the_t
 
 
 def test_bad_values_and_missing_inputs_are_refused_before_anything_is_written(notebook_kernel, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "wrong_schema").mkdir()
+    pyarrow.parquet.write_table(pyarrow.table({"img": [b"..."], "label": [0]}), tmp_path / "wrong_schema" / "a.parquet")
     cases = [({"learning_rate": "inf"}, "learning_rate=inf: must be finite"),
              ({"learning_rate": "1e6"}, "learning_rate=1000000.0: use a value in (0, 0.01]"),
              ({"seed": "-1"}, "seed=-1: use a non-negative integer"),
+             ({"num_examples": "0"}, "num_examples=0: must be at least 1"),
              ({"dataset": str(tmp_path / "no_such_folder")}, "is not a folder"),
+             ({"dataset": str(tmp_path / "empty")}, "holds no parquet files and no images"),
+             ({"dataset": str(tmp_path / "wrong_schema")}, "it needs an 'image' column"),
              ({"input_image": str(tmp_path / "missing.png")}, "input_image=")]
     for index, (overrides, message) in enumerate(cases):
         run_dir = tmp_path / f"bad_{index}"
         finished, text = notebook_kernel.run_all(smoke_environ(run_dir, **overrides))
         assert not finished and message in text, text[-2000:]
         assert not run_dir.exists()
+
+
+def test_a_read_only_finished_run_is_evaluated_without_writing_into_it(notebook_kernel, finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path, "view_only")
+    before = snapshot(run_dir)
+    make_read_only = (f"import os as _os\n_access = _os.access\n_os.access = lambda path, mode, *args, **kwargs: "
+                      f"str(path) != {str(run_dir)!r} and _access(path, mode, *args, **kwargs)")
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir), probes={
+        "#| export\nimport collections": make_read_only,  # as a view-only shared Drive folder answers
+        "# @title Enhance an image": "_os.access = _access"})
+    assert finished, text[-3000:]
+    assert "is read-only: evaluating its finished run" in text
+    assert snapshot(run_dir) == before
+    outputs = notebook_kernel.workdir / "runs" / "view_only-outputs"
+    assert (outputs / "metrics.json").exists() and (outputs / "example_enhanced.png").exists()

@@ -5,7 +5,7 @@ import re
 from conftest import ROOT, cell_sources
 
 COLAB_OWNED = {"torch", "torchvision", "ipywidgets"}  # the install cell must never touch these
-TEST_TOOLS = {"ipykernel", "nbclient", "nbformat", "pytest"}
+TEST_TOOLS = {"ipykernel", "nbclient", "nbformat", "papermill", "pytest"}
 
 
 def install_cell_requirements() -> dict:

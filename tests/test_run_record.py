@@ -94,3 +94,15 @@ def test_input_image_problems_are_found_before_anything_runs(tmp_path):
     fine = tmp_path / "face.png"
     Image.new("RGB", (300, 200)).save(fine)
     elite.check_inputs(smoke_config(input_image=str(fine)))
+
+
+def test_a_read_only_finished_run_is_evaluated_into_a_local_folder(tmp_path, monkeypatch):
+    run_dir, _ = started(tmp_path, train_steps=4)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "step_000004.pt").write_bytes(b"")
+    monkeypatch.setattr(elite.os, "access", lambda path, mode: path != run_dir)  # a view-only shared folder
+    assert elite.output_dir_for(run_dir, smoke_config(train_steps=4), tmp_path / "runs") == tmp_path / "runs" / "run-outputs"
+    with pytest.raises(PermissionError, match="read-only and its run has 4 of 6 steps.*Copy the folder"):
+        elite.output_dir_for(run_dir, smoke_config(train_steps=6), tmp_path / "runs")
+    monkeypatch.undo()
+    assert elite.output_dir_for(run_dir, smoke_config(train_steps=6), tmp_path / "runs") == run_dir

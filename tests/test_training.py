@@ -1,5 +1,7 @@
 """Training step, checkpoints (atomic, rotated, validated) and bit-exact resume."""
+import copy
 import csv
+import functools
 
 import pytest
 import torch
@@ -19,11 +21,19 @@ def pairs_factory(tmp_path_factory):
     return make
 
 
+@functools.cache
+def loss_network() -> "elite.EnhancerLoss":
+    """One loss network for the module: it is frozen and stateless, and a random VGG16 takes 1.5 s to build."""
+    return elite.EnhancerLoss(smoke_config(), pretrained_backbone=False)
+
+
 def fresh_run(tiny_model_dir, config):
     """Enhancer and loss built the same way every time (seeded), as a new process would."""
     torch.manual_seed(0)
     enhancer = elite.build_enhancer(config, CPU, FP32, str(tiny_model_dir))
-    return enhancer, elite.EnhancerLoss(config, pretrained_backbone=False)
+    loss_fn = copy.copy(loss_network())  # shares the VGG16, weighs the terms by this config
+    loss_fn.config = config
+    return enhancer, loss_fn
 
 
 def trainable(enhancer) -> dict:
