@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import elite  # noqa: E402  (the notebook's export cells)
+from notebook_library import elite  # noqa: E402  (the notebook's export cells)
 
 RESOLUTION, IMAGES = 512, 300
 

@@ -5,16 +5,16 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import cell_sources, elite
+from notebook_library import NOTEBOOK, cell_sources, elite
 
 FIELDS = {field.name: field for field in dataclasses.fields(elite.Config)}
 
 
-def test_defaults_are_valid_and_frozen():
-    config = elite.Config()
-    assert config.run_mode == "full" and config.resolution == 512 and config.timestep == 999
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        config.seed = 1
+def test_every_preset_is_valid_and_configs_are_frozen():
+    for mode, preset in elite.MODE_PRESETS.items():
+        config = elite.Config(run_mode=mode, **preset)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            config.seed = 1
 
 
 def test_every_problem_is_named_at_once():
@@ -129,7 +129,6 @@ def test_no_cell_but_the_form_binds_a_config_field_name():
 def test_papermill_parameters_land_where_the_parameters_cell_reads_them():
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
-    from conftest import NOTEBOOK
     notebook = parameterize_notebook(load_notebook_node(str(NOTEBOOK)), {"run_mode": "smoke", "train_steps": 8})
     form = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
     assert notebook.cells[form].source.startswith("# @title Run parameters")  # the tag sits on the form cell

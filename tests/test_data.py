@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import elite, smoke_config
+from notebook_library import elite, smoke_config
 
 
 @pytest.fixture(scope="module")

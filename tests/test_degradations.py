@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import elite, smoke_config
+from notebook_library import elite, smoke_config
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,8 @@ def test_records_name_families_and_strengths_in_range():
         assert record and set(record) <= set(elite.DEGRADATION_FAMILIES) - {"jpeg"}
         if "blur" in record:
             assert 0.3 <= record["blur"]["strength"] <= 0.4
+
+
+def test_every_family_of_the_config_has_one_registered_function():
+    assert sorted(elite.DEGRADATIONS) == sorted(elite.DEGRADATION_FAMILIES)
+    assert elite.DEGRADATION_FAMILIES == ("floaters", "ghost", "blur", "resample", "color", "noise", "jpeg")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import elite, smoke_config
+from notebook_library import elite, smoke_config
 
 
 def test_psnr_formula():
@@ -108,6 +108,7 @@ def test_adapter_export_and_reload_reproduce_outputs_exactly(tiny_enhancer, tiny
     assert torch.equal(elite.enhance(tiny_enhancer, images, 2, cpu, torch.float32),
                        elite.enhance(reloaded, images, 2, cpu, torch.float32))
     assert json.loads((folder / "adapter.json").read_text())["model"]["unet_lora_rank"] == config.unet_lora_rank
+    assert all(module.merged for module in reloaded.modules() if isinstance(module, elite.BaseTunerLayer))
 
 
 def test_lpips_is_given_images_in_minus_one_to_one():
@@ -116,3 +117,33 @@ def test_lpips_is_given_images_in_minus_one_to_one():
     a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     expected = metric((a + 1) / 2, (b + 1) / 2, normalize=True).flatten()  # the [0, 1] route of the lpips package
     assert torch.allclose(elite.lpips_per_image(metric, a, b), expected, atol=1e-6)
+
+
+def test_examples_are_best_median_worst_then_the_rest():
+    gain = torch.tensor([0.5, -0.2, 0.9, 0.1, 0.0, 0.7, -0.5, 0.3, 0.2])
+    picks = elite.pick_examples(gain, 9)
+    assert picks[:3] == [2, 5, 0] and picks[3] == 8 and picks[4:7] == [4, 1, 6] and sorted(picks) == list(range(9))
+    assert elite.pick_examples(gain, 2) == [2, 5]
+
+
+def test_only_full_runs_publish_unless_results_dir_is_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outputs = tmp_path / "run"
+    (outputs / "comparisons").mkdir(parents=True)
+    (outputs / "metrics.json").write_text("{}")
+    (outputs / "comparisons" / "example_00.png").write_bytes(b"png")
+    assert elite.publish_results(outputs, smoke_config()) is None and not (tmp_path / "results").exists()
+    assert elite.publish_results(outputs, elite.Config()) == elite.Path("results")
+    elsewhere = tmp_path / "published"
+    assert elite.publish_results(outputs, smoke_config(results_dir=str(elsewhere))) == elsewhere
+    assert (elsewhere / "comparisons" / "example_00.png").read_bytes() == b"png"
+    assert (tmp_path / "results" / "metrics.json").read_text() == "{}"
+
+
+def test_enhance_file_keeps_the_aspect_and_saves_the_result(tiny_enhancer, tmp_path):
+    path = tmp_path / "render.png"
+    Image.new("RGB", (120, 80), (90, 120, 200)).save(path)
+    original, enhanced = elite.enhance_file(path, tiny_enhancer, 64, torch.device("cpu"), torch.float32,
+                                            tmp_path / "out.png")
+    assert original.shape == enhanced.shape == (3, 64, 96) and enhanced.abs().max() <= 1
+    assert Image.open(tmp_path / "out.png").size == (96, 64)

@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from conftest import elite, smoke_config
+from notebook_library import elite, smoke_config
 
 CUDA = torch.device("cuda")
 GIB = 2**30

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import elite, smoke_config
+from notebook_library import elite, smoke_config
 
 
 @pytest.fixture(scope="module")

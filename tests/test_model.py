@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from conftest import FIXTURES, elite, smoke_config
+from notebook_library import FIXTURES, elite, smoke_config
 
 CONFIGS = FIXTURES / "sd_turbo_configs"
 
@@ -77,7 +77,7 @@ def test_lora_wraps_exactly_the_targets_and_only_the_decoder(tiny_enhancer):
 
 def test_encode_matches_the_vae_posterior_mode(tiny_parts):
     _, vae, _, _ = tiny_parts
-    enhancer = elite.OneStepEnhancer(tiny_parts[0], vae, tiny_parts[3], torch.tensor(0.5), 999)
+    enhancer = elite.OneStepEnhancer(tiny_parts[0], vae, tiny_parts[3], tiny_parts[2].alphas_cumprod, 999)
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     latent, taps = enhancer.encode(images)
     expected = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
@@ -87,7 +87,7 @@ def test_encode_matches_the_vae_posterior_mode(tiny_parts):
 
 def test_untrained_enhancer_is_plain_sd_turbo_within_the_skip_contribution(tiny_parts):
     unet, vae, scheduler, prompt = tiny_parts
-    enhancer = elite.OneStepEnhancer(unet, vae, prompt, scheduler.alphas_cumprod[999], 999)
+    enhancer = elite.OneStepEnhancer(unet, vae, prompt, scheduler.alphas_cumprod, 999)
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         latent, _ = enhancer.encode(images)
@@ -101,16 +101,47 @@ def test_untrained_enhancer_is_plain_sd_turbo_within_the_skip_contribution(tiny_
     assert 0 < (with_skips - plain).abs().max() < 0.05
 
 
-def test_gradients_reach_every_trainable_tensor_and_nothing_else(tiny_enhancer):
-    for name, param in tiny_enhancer.named_parameters():
-        if "lora_B" in name:  # B starts at 0, which would hide A's gradient
-            torch.nn.init.normal_(param, std=0.01)
-    tiny_enhancer(torch.rand(1, 3, 64, 64) * 2 - 1).square().mean().backward()
-    for name, param in tiny_enhancer.named_parameters():
+def randomize_lora_b(enhancer, std: float = 1e-3) -> None:
+    """LoRA's B starts at 0, which hides A's gradient and makes merging a no-op: give it values."""
+    for name, param in enhancer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=std)
+
+
+def test_gradients_reach_every_trainable_tensor_and_nothing_else(any_enhancer):
+    randomize_lora_b(any_enhancer)
+    any_enhancer.zero_grad(set_to_none=True)
+    any_enhancer(torch.rand(1, 3, 64, 64) * 2 - 1).square().mean().backward()
+    for name, param in any_enhancer.named_parameters():
         if param.requires_grad:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
         else:
             assert param.grad is None, name
+
+
+def test_merged_lora_gives_the_same_output_and_puts_the_weights_back_exactly(any_enhancer):
+    randomize_lora_b(any_enhancer, std=0.02)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    before = {name: tensor.clone() for name, tensor in any_enhancer.state_dict().items()}
+    with torch.no_grad(), elite.evaluating(any_enhancer):
+        unmerged = any_enhancer(images)
+        with elite.merged_lora(any_enhancer):
+            merged = any_enhancer(images)
+            changed = [name for name, tensor in any_enhancer.state_dict().items()
+                       if not torch.equal(tensor, before[name])]
+    assert changed and all(name.endswith("base_layer.weight") for name in changed)  # merging did fold LoRA in
+    assert torch.allclose(merged, unmerged, atol=1e-4)
+    after = any_enhancer.state_dict()
+    assert all(torch.equal(after[name], before[name]) for name in before)  # bit for bit
+    assert not any(module.merged for module in any_enhancer.modules() if isinstance(module, elite.BaseTunerLayer))
+
+
+def test_evaluating_restores_the_mode_even_when_the_block_fails(tiny_enhancer):
+    tiny_enhancer.train()
+    with pytest.raises(KeyboardInterrupt), elite.evaluating(tiny_enhancer):
+        assert not tiny_enhancer.training
+        raise KeyboardInterrupt
+    assert tiny_enhancer.training
 
 
 def test_parameter_report_adds_up(tiny_enhancer):
@@ -126,7 +157,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_parts):
     images = torch.rand(1, 3, 64, 64) * 2 - 1
     grads = []
     for checkpointing in (False, True):
-        enhancer = elite.OneStepEnhancer(unet, vae, prompt, scheduler.alphas_cumprod[999], 999, checkpointing)
+        enhancer = elite.OneStepEnhancer(unet, vae, prompt, scheduler.alphas_cumprod, 999, checkpointing)
         enhancer(images).square().mean().backward()
         grads.append([conv.weight.grad.clone() for conv in enhancer.skip_convs])
         unet.disable_gradient_checkpointing()

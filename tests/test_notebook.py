@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import NOTEBOOK, cell_sources, smoke_environ, trainable_weights
+from notebook_library import NOTEBOOK, cell_sources, smoke_environ, trainable_weights
 
 METRIC_KEYS = {"mode", "lpips_alex", "lpips_vgg", "psnr", "per_degradation", "inference", "training", "config",
                "environment", "created", "model", "test_set", "per_image"}

@@ -10,7 +10,7 @@ import pyarrow
 import pyarrow.parquet
 import torch
 
-from conftest import elite, smoke_config, smoke_environ, trainable_weights
+from notebook_library import elite, smoke_config, smoke_environ, trainable_weights
 
 PARAMETERS_CELL = "# A second Run all in this kernel"
 PREVIOUS_MODEL_PROBE = {PARAMETERS_CELL: "if '_previous' in globals():\n"

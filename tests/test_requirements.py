@@ -2,7 +2,7 @@
 import ast
 import re
 
-from conftest import ROOT, cell_sources
+from notebook_library import ROOT, cell_sources
 
 COLAB_OWNED = {"torch", "torchvision", "ipywidgets"}  # the install cell must never touch these
 TEST_TOOLS = {"ipykernel", "nbclient", "nbformat", "papermill", "pytest"}

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import elite, smoke_config
+from notebook_library import elite, smoke_config
 
 
 def started(tmp_path, **changes):

@@ -1,0 +1,58 @@
+"""The notebook's `#| export` cells, executed in order into one module named `elite`, and what tests share:
+`from notebook_library import elite, smoke_config`."""
+import json
+import linecache
+import os
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # any Hub call fails at once instead of retrying
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "ELITE_enhancer.ipynb"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+EXPORT_MARK = "#| export"
+
+
+def cell_sources(notebook: Path = NOTEBOOK) -> list[tuple[str, str]]:
+    """(cell type, source) of every cell, in order."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return [(cell["cell_type"], "".join(cell["source"])) for cell in cells]
+
+
+def export_sources(notebook: Path = NOTEBOOK) -> list[str]:
+    """Sources of the export cells."""
+    return [source for kind, source in cell_sources(notebook) if kind == "code" and source.startswith(EXPORT_MARK)]
+
+
+def load_exports() -> types.ModuleType:
+    """Execute the export cells into a fresh module registered as `elite`."""
+    module = types.ModuleType("elite")
+    module.__file__ = str(NOTEBOOK)
+    sys.modules["elite"] = module
+    for index, source in enumerate(export_sources()):
+        filename = f"<export cell {index}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)  # readable tracebacks
+        exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+elite = load_exports()
+
+
+def smoke_config(**overrides):
+    """The smoke preset as a Config, with overrides."""
+    return elite.Config(**{**elite.MODE_PRESETS["smoke"], "run_mode": "smoke", **overrides})
+
+
+def trainable_weights(checkpoint: Path) -> dict:
+    """The trainable tensors stored in a checkpoint file."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["trainable"]
+
+
+def smoke_environ(run_dir: Path, **overrides) -> dict:
+    """ELITE_* variables of a smoke run in `run_dir`, with overrides."""
+    return {"ELITE_RUN_MODE": "smoke", "ELITE_RUN_DIR": str(run_dir),
+            **{f"ELITE_{name.upper()}": str(value) for name, value in overrides.items()}}
