@@ -1,7 +1,10 @@
-"""CPU benchmarks of the data pipeline (not a test): python tests/benchmarks.py
+"""CPU benchmarks (not a test): python tests/benchmarks.py
 
-Prints the time per degradation family and the mixed throughput at 512² on one core, and the time to build the
-cached subset from synthetic CelebA-HQ-schema parquet and to load it back."""
+Prints the time per degradation family and the mixed throughput at 512² on one core, the time to build the
+cached subset from synthetic CelebA-HQ-schema parquet and to load it back, the counted work of a training step
+at 512² (the T4 time budget in the README), and a profile of one training step of the real architecture at 64 px
+on this CPU (what share of it is arithmetic)."""
+import os
 import random
 import sys
 import tempfile
@@ -45,6 +48,40 @@ def subset_speed() -> None:
     print(f"cache size: {(folder / 'data' / 'images.npy').stat().st_size / 2**20:.0f} MB")
 
 
+def work_per_step() -> None:
+    for batch in (1, 2):
+        config = elite.Config(run_mode="footprint", resolution=RESOLUTION, batch_size=batch)
+        print(f"training step at {RESOLUTION}², batch {batch}: {elite.count_training_tflop(config):.2f} TFLOP")
+
+
+def step_profile(steps: int = 3) -> None:
+    """Where a training step of the real architecture (64 px, batch 1, fp32) spends its time on this CPU."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.set_num_threads(os.cpu_count())  # degradation_speed ran on one core
+    config = elite.Config(run_mode="footprint", resolution=64, batch_size=1, gram_start_step=0)
+    cpu = torch.device("cpu")
+    enhancer = elite.build_enhancer(config, cpu, torch.float32, source=None)
+    loss_fn = elite.EnhancerLoss(config, pretrained_backbone=False)
+    optimization = elite.Optimization.create(enhancer, config, cpu, torch.float32)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    elite.train_step(enhancer, loss_fn, optimization, [(images, images)], 0, config, torch.float32)  # warm-up
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for step in range(1, steps + 1):
+            elite.train_step(enhancer, loss_fn, optimization, [(images, images)], step, config, torch.float32)
+    wall = (time.perf_counter() - started) / steps
+    events = profiler.key_averages()
+    ops = sum(event.self_cpu_time_total for event in events) / steps / 1e6
+    arithmetic = sum(event.self_cpu_time_total for event in events if any(
+        word in event.key for word in ("conv", "mm", "addmm", "bmm", "linear"))) / steps / 1e6
+    calls = sum(event.count for event in events if event.key.startswith("aten::")) / steps
+    print(f"training step, real architecture, 64 px, CPU: {wall:.2f} s wall; operators {ops:.2f} s "
+          f"(convolutions and matmuls {arithmetic:.2f} s); outside operators (Python, dispatch) {wall - ops:.2f} s; "
+          f"{calls:,.0f} aten calls per step")
+
+
 if __name__ == "__main__":
     degradation_speed()
     subset_speed()
+    work_per_step()
+    step_profile()

@@ -51,3 +51,10 @@ def test_parameter_counts_per_group(real_enhancer):
     assert groups["unet_lora"] == unet_lora and round(unet_lora / 1e6, 2) == 8.11  # pix2pix-turbo's 8.11 M
     assert round(groups["vae_decoder_lora"] / 1e6, 2) == 0.51
     assert abs(report["frozen_params"] - (865.9e6 + 83.65e6)) < 0.1e6  # UNet + VAE, as published
+
+
+def test_counted_work_per_step_matches_the_published_count():
+    """REFERENCE §7: a checkpointed batch-1 step at 512² is 11.4 TFLOP without the loss network, and one VGG16
+    forward adds 0.16 (the loss runs it on the output and the target, and back through the output: about 4x)."""
+    tflop = elite.count_training_tflop(elite.Config(run_mode="footprint", batch_size=1))
+    assert tflop == pytest.approx(11.4 + 4 * 0.16, rel=0.03)

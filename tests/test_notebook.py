@@ -80,7 +80,10 @@ def test_footprint_mode_builds_the_real_architecture(notebook_kernel, tmp_path):
     assert groups["unet_conv_in"] == 4 * 320 * 3 * 3 + 320 and groups["skip_convs"] == 491_520
     assert abs(groups["unet_lora"] - 8.11e6) < 0.01e6 and abs(groups["vae_decoder_lora"] - 0.52e6) < 0.01e6
     assert abs(metrics["model"]["frozen_params"] - (865.9e6 + 83.65e6)) < 0.1e6
-    assert metrics["training"]["seconds_per_step"] > 0 and metrics["inference"]["ms_per_image"] > 0
+    training = metrics["training"]
+    assert training["seconds_per_step"] > 0 and metrics["inference"]["ms_per_image"] > 0
+    assert training["achieved_tflops"] == pytest.approx(training["tflop_per_step"] / training["seconds_per_step"], abs=0.02)
+    assert training["tflop_per_step"] > 0 and metrics["inference"]["lora"] == "merged"
 
 
 def test_full_run_without_gpu_stops_before_any_download(notebook_kernel, tmp_path):

@@ -51,7 +51,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_pair(tiny_model_dir, pairs_fa
     enhancer, loss_fn = fresh_run(tiny_model_dir, config)
     degraded, clean, _ = pairs_factory(config).train_batch(0)
     optimization = elite.Optimization.create(enhancer, config, CPU, FP32)
-    losses = [elite.train_step(enhancer, loss_fn, optimization, degraded, clean, step, config, FP32)["total"]
+    losses = [elite.train_step(enhancer, loss_fn, optimization, [(degraded, clean)], step, config, FP32)["total"]
               for step in range(12)]
     assert losses[-1] < 0.9 * losses[0]
 
@@ -69,7 +69,8 @@ def stop_at(stop_step):
 
 
 def test_resume_is_bit_identical_to_a_straight_run(tiny_model_dir, pairs_factory, tmp_path):
-    config = smoke_config(train_steps=4, checkpoint_every=2, eval_every=1, lr_warmup_steps=2)
+    config = smoke_config(train_steps=4, checkpoint_every=2, eval_every=1, lr_warmup_steps=2, batch_size=1,
+                          gradient_accumulation_steps=2)  # two micro-batches per step: the same work as batch 2
     straight, loss_fn = fresh_run(tiny_model_dir, config)
     train(straight, loss_fn, pairs_factory(config), config, tmp_path / "straight")
 
@@ -216,7 +217,8 @@ def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
     before = layer.weight.detach().clone()
     optimization = elite.Optimization.create(layer, smoke_config(), CPU, FP32)  # fp32: the scaler is off
     loss = torch.sqrt(layer.weight - layer.weight.detach()).sum()  # finite (0), with infinite gradients
-    assert torch.isfinite(loss) and not optimization.update(loss, grad_clip=1.0)
+    optimization.backward(loss)
+    assert torch.isfinite(loss) and not optimization.step(grad_clip=1.0)
     assert torch.equal(layer.weight, before) and layer.weight.grad is None
 
 
@@ -306,3 +308,34 @@ def test_out_of_memory_stops_with_the_knobs_to_turn(tiny_model_dir, pairs_factor
         raise torch.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(RuntimeError, match="out of memory.*batch_size=2.*Lower batch_size, lower resolution"):
         train(enhancer, exhausted, pairs_factory(config), config, tmp_path)
+
+
+def test_gradient_accumulation_gathers_the_gradient_of_one_larger_batch(tiny_model_dir, pairs_factory):
+    config = smoke_config(batch_size=4)
+    degraded, clean, _ = pairs_factory(config).train_batch(0)
+    gathered = []
+    for micro_batches in ([(degraded, clean)], [(degraded[:2], clean[:2]), (degraded[2:], clean[2:])]):
+        enhancer, loss_fn = fresh_run(tiny_model_dir, config)
+        optimization = elite.Optimization.create(enhancer, config, CPU, FP32)
+        grads = {}
+
+        def keep_gradients(grad_clip, grads=grads, enhancer=enhancer):  # the update itself is Adam's business
+            grads.update({name: p.grad.clone() for name, p in enhancer.named_parameters() if p.grad is not None})
+            return True
+        optimization.step = keep_gradients
+        terms = elite.train_step(enhancer, loss_fn, optimization, micro_batches, 0, config, FP32)
+        gathered.append((grads, terms["total"]))
+    (whole, whole_loss), (accumulated, accumulated_loss) = gathered
+    assert whole.keys() == accumulated.keys() and len(whole) == len(trainable(enhancer))
+    relative_error = {name: ((whole[name] - accumulated[name]).norm() / whole[name].norm()).item() for name in whole}
+    assert max(relative_error.values()) < 1e-2  # float summation order only: 1/k scaling wrong would give 0.5
+    assert accumulated_loss == pytest.approx(whole_loss, rel=1e-5)  # the mean of the halves' means
+
+
+def test_a_step_gathers_its_micro_batches_from_consecutive_indices(pairs_factory):
+    config = smoke_config(batch_size=1, gradient_accumulation_steps=3)
+    pairs = pairs_factory(config)
+    for step in (0, 5):
+        expected = [pairs.train_batch(step * 3 + micro)[:2] for micro in range(3)]
+        assert all(torch.equal(a, b) for got, want in zip(pairs.step_batches(step), expected) for a, b in zip(got, want))
+    assert len(pairs_factory(smoke_config()).step_batches(0)) == 1
