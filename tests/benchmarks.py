@@ -43,7 +43,7 @@ def subset_speed() -> None:
     elite.data_source(config, folder)  # the synthetic faces, written before timing
     for label in ("build subset (stream, balance, decode, resize, cache)", "load the cached subset"):
         started = time.perf_counter()
-        images, _ = elite.prepare_data(config, folder)
+        images = elite.prepare_data(config, folder).images
         print(f"{label}: {time.perf_counter() - started:.2f} s for {len(images)} images")
     print(f"cache size: {(folder / 'data' / 'images.npy').stat().st_size / 2**20:.0f} MB")
 

@@ -33,9 +33,10 @@ def test_synthetic_parquet_has_the_celeba_schema(source):
 
 def test_subset_is_balanced_reproducible_and_split_without_leakage(source, tmp_path):
     config = smoke_config(num_images=20, test_fraction=0.2, resolution=64)
-    images, manifest = elite.build_subset(config, source, tmp_path / "a")
-    _, again = elite.build_subset(config, source, tmp_path / "b")
-    _, other_seed = elite.build_subset(smoke_config(num_images=20, test_fraction=0.2, seed=5), source, tmp_path / "c")
+    images, manifest, _ = elite.build_subset(config, source, tmp_path / "a")
+    again = elite.build_subset(config, source, tmp_path / "b").manifest
+    other_seed = elite.build_subset(smoke_config(num_images=20, test_fraction=0.2, seed=5), source,
+                                    tmp_path / "c").manifest
     rows = manifest["rows"]
     assert images.shape == (20, 64, 64, 3) and images.dtype == np.uint8
     assert again["rows"] == rows and other_seed["rows"] != rows
@@ -49,11 +50,12 @@ def test_subset_is_balanced_reproducible_and_split_without_leakage(source, tmp_p
 
 def test_the_subset_is_built_once_then_read_from_the_cache(source, tmp_path):
     config = smoke_config(num_images=12, dataset=source)
-    images, manifest = elite.prepare_data(config, tmp_path)
+    images, manifest, degraded = elite.prepare_data(config, tmp_path)
     assert manifest["source"] == source and manifest["requested"] == 12 and len(images) == 12
+    assert manifest["layout"] == "clean" and degraded is None
     manifest_path = tmp_path / "data" / "manifest.json"
     manifest_path.write_text(json.dumps(manifest | {"marker": True}))
-    assert elite.prepare_data(config, tmp_path)[1].get("marker")  # read, not rebuilt
+    assert elite.prepare_data(config, tmp_path).manifest.get("marker")  # read, not rebuilt
     assert not list((tmp_path / "data").glob(".*.partial"))
 
 
@@ -70,21 +72,21 @@ def test_more_images_requested_than_usable_are_reported(tmp_path):
     for k in range(10):
         elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
     (folder / "broken.png").write_bytes(b"garbage")
-    images, manifest = elite.build_subset(smoke_config(num_images=16, test_fraction=0.2), str(folder), tmp_path / "d")
+    images, manifest, _ = elite.build_subset(smoke_config(num_images=16, test_fraction=0.2), str(folder), tmp_path / "d")
     assert (manifest["requested"], len(manifest["rows"]), manifest["skipped"]) == (16, 10, {"undecodable": 1})
 
 
 def test_test_pairs_are_identical_across_runs(source, tmp_path):
     config = smoke_config(num_images=12)
-    first = elite.FacePairs(*elite.build_subset(config, source, tmp_path / "a"), config)
-    second = elite.FacePairs(*elite.build_subset(config, source, tmp_path / "b"), config)
+    first = elite.FacePairs(elite.build_subset(config, source, tmp_path / "a"), config)
+    second = elite.FacePairs(elite.build_subset(config, source, tmp_path / "b"), config)
     for a, b in zip(first.test_set(), second.test_set()):
         assert a == b if isinstance(a, list) else torch.equal(a, b)
 
 
 def test_training_batches_are_a_function_of_the_step(source, tmp_path):
     config = smoke_config(num_images=12)
-    pairs = elite.FacePairs(*elite.build_subset(config, source, tmp_path), config)
+    pairs = elite.FacePairs(elite.build_subset(config, source, tmp_path), config)
     degraded, clean, records = pairs.train_batch(3)
     again = pairs.train_batch(3)
     assert torch.equal(degraded, again[0]) and torch.equal(clean, again[1]) and records == again[2]
@@ -104,13 +106,13 @@ def test_training_batches_are_a_function_of_the_step(source, tmp_path):
 def test_convertible_images_become_8bit_rgb(make, expected):
     image = make()
     data = encoded(image, "JPEG" if image.mode == "CMYK" else "PNG")
-    result, status = elite.to_square_rgb(data, 64)
+    (result,), status = elite.to_square_rgb(data, 64)
     assert status == expected and result.mode == "RGB" and result.size == (64, 64)
 
 
 def test_sixteen_bit_keeps_its_brightness():
     image = Image.fromarray(np.full((80, 80), 40000, dtype=np.uint16))
-    result, _ = elite.to_square_rgb(encoded(image), 64)
+    (result,), _ = elite.to_square_rgb(encoded(image), 64)
     assert abs(np.asarray(result).mean() - 40000 / 257) < 1
 
 
@@ -144,7 +146,7 @@ def test_image_folder_is_accepted(tmp_path):
     folder.mkdir()
     for k in range(8):
         elite.synthetic_face(random.Random(k), 80).save(folder / f"render_{k}.png")
-    images, manifest = elite.build_subset(smoke_config(num_images=8), str(folder), tmp_path / "data")
+    images, manifest, _ = elite.build_subset(smoke_config(num_images=8), str(folder), tmp_path / "data")
     assert images.shape == (8, 64, 64, 3) and len(manifest["rows"]) == 8
 
 
@@ -189,6 +191,6 @@ def test_string_labels_are_balanced_like_class_indices(tmp_path):
     folder = write_parquet(tmp_path / "faces", {"image": [{"bytes": jpeg_bytes(k), "path": None} for k in range(20)],
                                                  "label": labels})
     elite.check_inputs(smoke_config(dataset=str(folder)))
-    _, manifest = elite.build_subset(smoke_config(num_images=12, test_fraction=0.5), str(folder), tmp_path / "data")
+    manifest = elite.build_subset(smoke_config(num_images=12, test_fraction=0.5), str(folder), tmp_path / "data").manifest
     counts = collections.Counter((row["split"], row["label"]) for row in manifest["rows"])
     assert counts == {("train", "female"): 3, ("test", "female"): 3, ("train", "male"): 3, ("test", "male"): 3}

@@ -94,3 +94,9 @@ def test_records_name_families_and_strengths_in_range():
 def test_every_family_of_the_config_has_one_registered_function():
     assert sorted(elite.DEGRADATIONS) == sorted(elite.DEGRADATION_FAMILIES)
     assert elite.DEGRADATION_FAMILIES == ("floaters", "ghost", "blur", "resample", "color", "noise", "jpeg")
+
+
+def test_records_read_as_one_line_per_family():
+    assert elite.describe_record({"blur": {"strength": 0.4213, "seed": 3}, "jpeg": {"strength": 1.0, "seed": 4}}) == \
+        "blur 0.42\njpeg 1.00"
+    assert elite.describe_record({elite.REAL: {}, "noise": {"strength": 0.25, "seed": 1}}) == "real\nnoise 0.25"

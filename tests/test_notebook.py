@@ -72,7 +72,7 @@ def test_killed_run_resumes_to_the_same_weights(finished_run, notebook_kernel, t
 def test_footprint_mode_builds_the_real_architecture(notebook_kernel, tmp_path):
     run_dir = tmp_path / "footprint"
     finished, text = notebook_kernel.run_all({"ELITE_RUN_MODE": "footprint", "ELITE_RUN_DIR": str(run_dir),
-                                              "ELITE_RESOLUTION": "64", "ELITE_TRAIN_STEPS": "2",
+                                              "ELITE_RESOLUTION": "64", "ELITE_TRAIN_STEPS": "1",
                                               "ELITE_BATCH_SIZE": "1"})
     assert finished, text[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

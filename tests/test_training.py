@@ -14,10 +14,10 @@ CPU, FP32 = torch.device("cpu"), torch.float32
 @pytest.fixture(scope="module")
 def pairs_factory(tmp_path_factory):
     source = str(elite.write_synthetic_celeba(tmp_path_factory.mktemp("faces"), 12, 96, seed=0))
-    images, manifest = elite.build_subset(smoke_config(), source, tmp_path_factory.mktemp("data"))
+    subset = elite.build_subset(smoke_config(), source, tmp_path_factory.mktemp("data"))
 
     def make(config):
-        return elite.FacePairs(images, manifest, config)
+        return elite.FacePairs(subset, config)
     return make
 
 
@@ -69,24 +69,24 @@ def stop_at(stop_step):
 
 
 def test_resume_is_bit_identical_to_a_straight_run(tiny_model_dir, pairs_factory, tmp_path):
-    config = smoke_config(train_steps=4, checkpoint_every=2, eval_every=1, lr_warmup_steps=2, batch_size=1,
+    config = smoke_config(train_steps=3, checkpoint_every=2, eval_every=1, lr_warmup_steps=2, batch_size=1,
                           gradient_accumulation_steps=2)  # two micro-batches per step: the same work as batch 2
     straight, loss_fn = fresh_run(tiny_model_dir, config)
     train(straight, loss_fn, pairs_factory(config), config, tmp_path / "straight")
 
     interrupted, loss_fn = fresh_run(tiny_model_dir, config)
-    with pytest.raises(Disconnect):  # stops during step 3, after the step-2 checkpoint
-        train(interrupted, loss_fn, pairs_factory(config), config, tmp_path / "resumed", on_eval=stop_at(3))
+    with pytest.raises(Disconnect):  # stops at step 2, after the step-2 checkpoint
+        train(interrupted, loss_fn, pairs_factory(config), config, tmp_path / "resumed", on_eval=stop_at(2))
     resumed, loss_fn = fresh_run(tiny_model_dir, config)
     torch.manual_seed(123)  # a new process has other RNG state; the checkpoint restores it
     summary = train(resumed, loss_fn, pairs_factory(config), config, tmp_path / "resumed", on_eval=stop_at(-1))
 
-    assert summary["trained_this_session"] == 2 and summary["steps"] == 4
+    assert summary["trained_this_session"] == 1 and summary["steps"] == 3
     a, b = trainable(straight), trainable(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with open(tmp_path / "resumed" / "training_log.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row["total"]]
-    assert steps == list(range(4))
+    assert steps == list(range(3))
 
 
 def test_training_further_continues_with_the_new_schedule_and_records_it(tiny_model_dir, pairs_factory, tmp_path):
