@@ -31,17 +31,17 @@ def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
     assert metrics["mode"] == "smoke" and METRIC_KEYS <= set(metrics)
     for metric in ("lpips_alex", "lpips_vgg", "psnr"):
         for side in ("degraded", "enhanced"):
-            assert {"mean", "std", "n"} <= set(metrics[metric][side]) and metrics[metric][side]["n"] == 12
+            assert {"mean", "std", "n"} <= set(metrics[metric][side]) and metrics[metric][side]["n"] == 8
     assert set(metrics["inference"]) >= {"ms_per_image", "batch_size", "dtype", "device"}
     assert set(metrics["training"]) >= {"steps", "batch_size", "seconds_per_step", "peak_vram_gib", "history"}
     assert metrics["per_degradation"] and "say nothing about quality" in metrics["note"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002.pt", "step_000004.pt"]
-    assert len(list((run_dir / "comparisons").glob("example_*.png"))) == 10
+    assert len(list((run_dir / "comparisons").glob("example_*.png"))) == 8  # all 8 test images
     for name in ("run.json", "training_log.csv", "data/manifest.json", "data/images.npy", "example_enhanced.png",
                  "comparisons/zoom_best.png", "comparisons/per_family_lpips_alex.png", "adapter/adapter.safetensors",
                  "adapter/adapter.json"):
         assert (run_dir / name).is_file(), name
-    assert metrics["data"]["requested"] == metrics["data"]["used"] == 24
+    assert metrics["data"]["requested"] == metrics["data"]["used"] == 16
     assert metrics["runtime"] == {"dtype": "float32", "memory_cap_gib": None, "attention": "cpu"}
     record = json.loads((run_dir / "run.json").read_text())
     assert record["identity"]["seed"] == 0 and record["history"] == []
