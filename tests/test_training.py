@@ -339,3 +339,14 @@ def test_a_step_gathers_its_micro_batches_from_consecutive_indices(pairs_factory
         expected = [pairs.train_batch(step * 3 + micro)[:2] for micro in range(3)]
         assert all(torch.equal(a, b) for got, want in zip(pairs.step_batches(step), expected) for a, b in zip(got, want))
     assert len(pairs_factory(smoke_config()).step_batches(0)) == 1
+
+
+def test_a_run_can_move_between_precisions(tiny_enhancer):
+    """bf16 on an A100 one session, fp16 on a T4 the next: the loss scale is absent, not an error."""
+    config = smoke_config()
+    without_scaler = elite.Optimization.create(tiny_enhancer, config, CPU, torch.bfloat16).state_dict()
+    with_scaler = elite.Optimization.create(tiny_enhancer, config, CPU, torch.float16)
+    assert with_scaler.scaler.is_enabled() and without_scaler["scaler"] == {}
+    with_scaler.load_state_dict(without_scaler)
+    assert with_scaler.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()  # a fresh scale
+    elite.Optimization.create(tiny_enhancer, config, CPU, FP32).load_state_dict(with_scaler.state_dict())
