@@ -78,15 +78,15 @@ def test_more_images_requested_than_usable_are_reported(tmp_path):
 
 def test_test_pairs_are_identical_across_runs(source, tmp_path):
     config = smoke_config(num_images=12)
-    first = elite.FacePairs(elite.build_subset(config, source, tmp_path / "a"), config)
-    second = elite.FacePairs(elite.build_subset(config, source, tmp_path / "b"), config)
+    first = elite.ImagePairs(elite.build_subset(config, source, tmp_path / "a"), config)
+    second = elite.ImagePairs(elite.build_subset(config, source, tmp_path / "b"), config)
     for a, b in zip(first.test_set(), second.test_set()):
         assert a == b if isinstance(a, list) else torch.equal(a, b)
 
 
 def test_training_batches_are_a_function_of_the_step(source, tmp_path):
     config = smoke_config(num_images=12)
-    pairs = elite.FacePairs(elite.build_subset(config, source, tmp_path), config)
+    pairs = elite.ImagePairs(elite.build_subset(config, source, tmp_path), config)
     degraded, clean, records = pairs.train_batch(3)
     again = pairs.train_batch(3)
     assert torch.equal(degraded, again[0]) and torch.equal(clean, again[1]) and records == again[2]

@@ -172,3 +172,16 @@ def test_fp32_decode_context_restores_the_frozen_dtype(tiny_enhancer):
     frozen = [p for p in tiny_enhancer.vae.parameters() if not p.requires_grad]
     assert all(p.dtype == torch.float16 for p in frozen)
     assert all(p.dtype == torch.float32 for p in tiny_enhancer.vae.parameters() if p.requires_grad)
+
+
+def test_a_merge_that_fails_halfway_is_undone(tiny_enhancer, monkeypatch):
+    randomize_lora_b(tiny_enhancer, std=0.02)
+    before = {name: tensor.clone() for name, tensor in tiny_enhancer.state_dict().items()}
+    layers = [module for module in tiny_enhancer.modules() if isinstance(module, elite.BaseTunerLayer)]
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(layers[5], "merge", out_of_memory)  # the sixth layer of many
+    with pytest.raises(torch.OutOfMemoryError), elite.merged_lora(tiny_enhancer):
+        pass
+    assert all(torch.equal(tensor, before[name]) for name, tensor in tiny_enhancer.state_dict().items())
+    assert not any(layer.merged for layer in layers)

@@ -81,21 +81,21 @@ def test_a_grayscale_side_becomes_rgb(tmp_path):
 def test_real_pairs_train_and_test_on_their_own_degradation(pairs_folder, tmp_path):
     config = smoke_config(num_images=10, test_fraction=0.5, batch_size=3)
     subset = elite.build_subset(config, str(pairs_folder), tmp_path / "data")
-    pairs = elite.FacePairs(subset, config)
+    pairs = elite.ImagePairs(subset, config)
     degraded, clean, records = pairs.train_batch(0)
     assert records == [{elite.REAL: {}}] * 3
     indices = [pairs.epoch_order(0)[j] for j in range(3)]
-    assert torch.equal(degraded, elite.to_model_range(pairs.train_starts[indices]))
+    assert torch.equal(degraded, elite.to_model_range(pairs.train_inputs[indices]))
     assert torch.equal(clean, elite.to_model_range(pairs.train_images[indices]))
     test_degraded, _, test_records = pairs.test_set()
     assert test_records == [{elite.REAL: {}}] * len(test_records)
-    assert torch.equal(test_degraded, elite.to_model_range(pairs.test_starts))
+    assert torch.equal(test_degraded, elite.to_model_range(pairs.test_inputs))
 
 
 def test_augmentation_adds_synthetic_families_on_top_of_real_ones(pairs_folder, tmp_path):
     config = smoke_config(num_images=10, test_fraction=0.5, batch_size=4, augment_real_pairs=True,
                           family_probability=0.1)  # some get no family on top, some get one or more
-    pairs = elite.FacePairs(elite.build_subset(config, str(pairs_folder), tmp_path / "data"), config)
+    pairs = elite.ImagePairs(elite.build_subset(config, str(pairs_folder), tmp_path / "data"), config)
     records = [record for step in range(4) for record in pairs.train_batch(step)[2]]
     assert all(elite.REAL in record for record in records)
     assert any(len(record) > 1 for record in records) and any(len(record) == 1 for record in records)
@@ -136,3 +136,18 @@ def test_a_smoke_run_trains_and_evaluates_on_a_pairs_folder(notebook_kernel, tmp
     assert list(metrics["per_degradation"]) == [elite.REAL]  # no synthetic families without augmentation
     assert metrics["per_degradation"][elite.REAL]["lpips_alex"]["enhanced"]["n"] == metrics["test_set"]["n"] == 6
     assert len(list((run_dir / "comparisons").glob("example_*.png"))) == 6
+
+
+def test_an_empty_cell_in_parquet_pairs_is_skipped_as_undecodable(tmp_path):
+    faces = [elite.synthetic_face(random.Random(k), 80) for k in range(8)]
+
+    def encoded(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+    degraded = [encoded(face) for face in faces[:7]] + [None]
+    (tmp_path / "pairs").mkdir()
+    pq.write_table(pa.table({"image": [encoded(face) for face in faces], "degraded": degraded}),
+                   tmp_path / "pairs" / "part.parquet")
+    subset = elite.build_subset(smoke_config(num_images=8), str(tmp_path / "pairs"), tmp_path / "data")
+    assert len(subset.images) == 7 and subset.manifest["skipped"] == {"undecodable degraded image": 1}

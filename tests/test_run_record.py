@@ -23,6 +23,8 @@ def test_a_new_run_writes_its_record_and_nothing_else(tmp_path):
 
 def test_every_changed_defining_field_is_named_and_nothing_is_written(tmp_path):
     run_dir, _ = started(tmp_path)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "step_000002.pt").write_bytes(b"")  # training has begun under these settings
     before = (run_dir / "run.json").read_bytes()
     with pytest.raises(ValueError) as error:
         elite.start_run(run_dir, smoke_config(seed=3, blur_strength=(0.2, 0.5), unet_lora_rank=4))
@@ -106,3 +108,16 @@ def test_a_read_only_finished_run_is_evaluated_into_a_local_folder(tmp_path, mon
         elite.output_dir_for(run_dir, smoke_config(train_steps=6), tmp_path / "runs")
     monkeypatch.undo()
     assert elite.output_dir_for(run_dir, smoke_config(train_steps=6), tmp_path / "runs") == run_dir
+
+
+def test_a_run_that_built_nothing_yet_restarts_with_new_defining_settings(tmp_path):
+    """The data cell failed ('Only 3 usable images ... lower num_images'): following that advice must work."""
+    run_dir, _ = started(tmp_path, num_images=40)
+    (run_dir / elite.SYNTHETIC_SOURCE).mkdir()  # stand-ins made from the old settings
+    record = elite.start_run(run_dir, smoke_config(num_images=8))
+    assert record["identity"]["num_images"] == 8 and not (run_dir / elite.SYNTHETIC_SOURCE).exists()
+    assert elite.read_run_record(run_dir, smoke_config(num_images=8)) == record
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "manifest.json").write_text("{}")  # now the data exist: the settings are tied to them
+    with pytest.raises(ValueError, match="num_images: 8 -> 40"):
+        elite.start_run(run_dir, smoke_config(num_images=40))

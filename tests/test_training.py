@@ -2,6 +2,7 @@
 import copy
 import csv
 import functools
+import json
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ def pairs_factory(tmp_path_factory):
     subset = elite.build_subset(smoke_config(), source, tmp_path_factory.mktemp("data"))
 
     def make(config):
-        return elite.FacePairs(subset, config)
+        return elite.ImagePairs(subset, config)
     return make
 
 
@@ -209,6 +210,8 @@ def test_a_short_streak_of_nonfinite_losses_stops_training_and_names_the_last_ch
         train(enhancer, diverging, pairs_factory(config), config, tmp_path)  # default max_nonfinite_steps
     checkpoints = elite.list_checkpoints(tmp_path / "checkpoints")
     assert [path.name for path in checkpoints] == ["step_000004.pt", "step_000006.pt"]
+    with open(tmp_path / "training_log.csv") as handle:  # the step that ended the streak is logged too
+        assert [row["step"] for row in csv.DictReader(handle)][-1] == "7"
     assert all(elite.first_nonfinite(elite.read_checkpoint(path)["trainable"]) is None for path in checkpoints)
 
 
@@ -218,7 +221,8 @@ def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
     optimization = elite.Optimization.create(layer, smoke_config(), CPU, FP32)  # fp32: the scaler is off
     loss = torch.sqrt(layer.weight - layer.weight.detach()).sum()  # finite (0), with infinite gradients
     optimization.backward(loss)
-    assert torch.isfinite(loss) and not optimization.step(grad_clip=1.0)
+    applied, scale = optimization.step(grad_clip=1.0)
+    assert torch.isfinite(loss) and not applied and scale == 1.0
     assert torch.equal(layer.weight, before) and layer.weight.grad is None
 
 
@@ -321,7 +325,7 @@ def test_gradient_accumulation_gathers_the_gradient_of_one_larger_batch(tiny_mod
 
         def keep_gradients(grad_clip, grads=grads, enhancer=enhancer):  # the update itself is Adam's business
             grads.update({name: p.grad.clone() for name, p in enhancer.named_parameters() if p.grad is not None})
-            return True
+            return True, 1.0
         optimization.step = keep_gradients
         terms = elite.train_step(enhancer, loss_fn, optimization, micro_batches, 0, config, FP32)
         gathered.append((grads, terms["total"]))
@@ -350,3 +354,39 @@ def test_a_run_can_move_between_precisions(tiny_enhancer):
     with_scaler.load_state_dict(without_scaler)
     assert with_scaler.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()  # a fresh scale
     elite.Optimization.create(tiny_enhancer, config, CPU, FP32).load_state_dict(with_scaler.state_dict())
+
+
+def test_the_finish_estimate_reads_like_the_issue_asks():
+    message = elite.finish_estimate([1.8, 2.0, 1.9, 5.0], done=4, train_steps=1500)
+    assert message.startswith("1,500 steps at 1.95 s ≈ 49 min in all; 1,496 to go ≈ 49 min")
+
+
+def test_the_summary_covers_every_session_and_this_one_apart():
+    rows = [{"step": str(step), "total": "1.0", "seconds_per_step": str(seconds), "peak_reserved_gib": str(peak),
+             "peak_allocated_gib": "1.0", "skipped": str(step == 1)}
+            for step, seconds, peak in [(0, 9.0, 5.0), (1, 2.0, 6.0), (2, 2.0, 5.5), (3, 1.0, 5.0), (4, 1.0, 5.0)]]
+    rows.append({"step": "5", "total": "", "seconds_per_step": "", "peak_reserved_gib": "", "peak_allocated_gib": "",
+                 "skipped": ""})  # the final validation row
+    record = elite.new_run_record(smoke_config(batch_size=2, gradient_accumulation_steps=3))
+    summary = elite.training_summary(rows, steps=5, record=record, trained_now=2)
+    assert (summary["seconds_per_step"], summary["seconds_per_step_this_session"]) == (2.0, 1.0)
+    assert (summary["peak_vram_gib"], summary["skipped_steps"], summary["effective_batch_size"]) == (6.0, 1, 6)
+    assert elite.training_summary(rows, 5, record, trained_now=0)["seconds_per_step_this_session"] is None
+
+
+def test_metrics_are_kept_when_nothing_new_was_measured(tmp_path):
+    path = tmp_path / "metrics.json"
+    first = {"training": {"steps": 4, "trained_this_session": 4}, "test_set": {"n": 8}, "lpips": 0.3}
+    assert elite.write_metrics(path, first) == first
+    again = {"training": {"steps": 4, "trained_this_session": 0}, "test_set": {"n": 8}, "lpips": 0.3, "created": 2}
+    assert elite.write_metrics(path, again) == first  # the file as it was
+    further = {"training": {"steps": 6, "trained_this_session": 2}, "test_set": {"n": 8}, "lpips": 0.2}
+    assert elite.write_metrics(path, further) == further and json.loads(path.read_text()) == further
+
+
+def test_messages_name_the_newest_checkpoint_that_reads(tiny_enhancer, tmp_path):
+    config = smoke_config(keep_checkpoints=3)
+    save(tmp_path, 2, tiny_enhancer, config)
+    newest = save(tmp_path, 4, tiny_enhancer, config)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    assert elite.newest_checkpoint_name(tmp_path) == "step_000002.pt"
