@@ -47,6 +47,13 @@ def smoke_config(**overrides):
     return elite.Config(**{**elite.MODE_PRESETS["smoke"], "run_mode": "smoke", **overrides})
 
 
+def as_skip_convs(layer: torch.nn.Module) -> torch.nn.Module:
+    """A stand-in enhancer that holds `layer` where the skip convs are: its parameters form one trainable group."""
+    module = torch.nn.Module()
+    module.skip_convs = torch.nn.ModuleList([layer])
+    return module
+
+
 def trainable_weights(checkpoint: Path) -> dict:
     """The trainable tensors stored in a checkpoint file."""
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["trainable"]

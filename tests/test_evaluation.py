@@ -15,11 +15,39 @@ def test_psnr_formula():
     assert torch.allclose(elite.psnr_per_image(noisy, clean), torch.tensor([20.0]), atol=1e-4)
 
 
+T_975 = {3: 3.182446, 5: 2.570582}  # Student t quantiles (0.975) by degrees of freedom, from the tables
+
+
 def test_summary_and_confidence_interval():
     summary = elite.summarize(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     std = math.sqrt(5 / 3)
+    half_width = T_975[3] * std / 2  # t_{0.975, n-1} s / sqrt(n)
     assert summary["n"] == 4 and summary["mean"] == 2.5 and math.isclose(summary["std"], std)
-    assert all(math.isclose(a, b) for a, b in zip(summary["ci95"], [2.5 - 1.96 * std / 2, 2.5 + 1.96 * std / 2]))
+    assert summary["ci95"] == pytest.approx([2.5 - half_width, 2.5 + half_width], rel=1e-6)
+    assert elite.summarize(torch.tensor([0.3, 0.3]))["ci95"] == [pytest.approx(0.3)] * 2  # no spread, no width
+
+
+def test_paired_gain_is_the_t_interval_of_the_differences_and_sees_what_unpaired_intervals_miss():
+    degraded = torch.tensor([0.50, 0.30, 0.62, 0.41, 0.55, 0.35], dtype=torch.float64)  # LPIPS: images differ a lot
+    improvement = torch.tensor([0.020, 0.030, 0.010, 0.025, 0.015, 0.020], dtype=torch.float64)
+    enhanced = degraded - improvement  # a little better on every image
+    low_degraded, high_enhanced = elite.summarize(degraded)["ci95"][0], elite.summarize(enhanced)["ci95"][1]
+    assert high_enhanced > low_degraded  # the per-side intervals overlap...
+    gain = elite.paired_gain(enhanced, degraded, higher_is_better=False)
+    half_width = T_975[5] * improvement.std().item() / math.sqrt(6)
+    mean = improvement.mean().item()
+    assert gain["ci95"] == pytest.approx([mean - half_width, mean + half_width], rel=1e-6) and gain["ci95"][0] > 0
+    assert gain["mean"] == pytest.approx(mean) and gain["n"] == 6 and gain["better"] == 6  # ...the paired one is > 0
+    psnr_gain = elite.paired_gain(torch.tensor([30.0, 25.0, 28.0]), torch.tensor([29.0, 26.0, 27.0]), True)
+    assert psnr_gain["mean"] == pytest.approx(1 / 3) and psnr_gain["better"] == 2  # higher is better for PSNR
+
+
+def test_paired_report_names_each_baseline_that_was_measured():
+    per_image = {"psnr_enhanced": torch.tensor([30.0, 31.0]), "psnr_degraded": torch.tensor([28.0, 30.0]),
+                 "psnr_zero_shot": torch.tensor([20.0, 21.0])}
+    report = elite.paired(per_image, "psnr")
+    assert set(report) == {"enhanced_vs_degraded", "enhanced_vs_zero_shot"}  # no classical side measured
+    assert report["enhanced_vs_zero_shot"]["mean"] == 10.0 and report["enhanced_vs_degraded"]["better"] == 2
 
 
 def test_lpips_metric_range_and_identity():
@@ -147,3 +175,12 @@ def test_enhance_file_keeps_the_aspect_and_saves_the_result(tiny_enhancer, tmp_p
                                             tmp_path / "out.png")
     assert original.shape == enhanced.shape == (3, 64, 96) and enhanced.abs().max() <= 1
     assert Image.open(tmp_path / "out.png").size == (96, 64)
+
+
+def test_single_family_report_has_the_sides_and_the_paired_gain_per_family():
+    probe = {"blur": {"psnr_degraded": torch.tensor([20.0, 22.0]), "psnr_enhanced": torch.tensor([23.0, 22.5]),
+                      "psnr_zero_shot": torch.tensor([15.0, 16.0])}}
+    report = elite.single_family(probe, ["psnr"])
+    assert set(report["blur"]["psnr"]) == {"degraded", "zero_shot", "enhanced", "enhanced_vs_degraded"}
+    assert report["blur"]["psnr"]["enhanced_vs_degraded"] == {**report["blur"]["psnr"]["enhanced_vs_degraded"],
+                                                              "mean": 1.75, "n": 2, "better": 2}

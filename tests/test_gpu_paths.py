@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from notebook_library import elite, smoke_config
+from notebook_library import as_skip_convs, elite, smoke_config
 
 CUDA = torch.device("cuda")
 GIB = 2**30
@@ -131,7 +131,7 @@ def test_the_grad_scaler_is_on_for_fp16_only(monkeypatch):
         def __init__(self, device, enabled):
             made.append((device, enabled))
     monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
-    layer = torch.nn.Linear(2, 2)
+    layer = as_skip_convs(torch.nn.Linear(2, 2))
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         elite.Optimization.create(layer, smoke_config(), CUDA, dtype)
     assert made == [("cuda", True), ("cuda", False), ("cuda", False)]

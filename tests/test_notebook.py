@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from notebook_library import NOTEBOOK, cell_sources, smoke_environ, trainable_weights
+from notebook_library import NOTEBOOK, cell_sources, elite, smoke_environ, trainable_weights
 
-METRIC_KEYS = {"mode", "lpips_alex", "lpips_vgg", "psnr", "per_degradation", "inference", "training", "config",
-               "environment", "created", "model", "test_set", "per_image"}
+METRIC_KEYS = {"mode", "lpips_alex", "lpips_vgg", "psnr", "ssim", "paired", "per_degradation", "single_family",
+               "inference", "evaluation", "training", "config", "environment", "created", "model", "test_set",
+               "per_image"}
 
 
 def start_smoke_run(run_dir: Path, workdir: Path) -> subprocess.Popen:
@@ -29,9 +30,20 @@ def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
     run_dir, _ = finished_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["mode"] == "smoke" and METRIC_KEYS <= set(metrics)
-    for metric in ("lpips_alex", "lpips_vgg", "psnr"):
-        for side in ("degraded", "enhanced"):
-            assert {"mean", "std", "n"} <= set(metrics[metric][side]) and metrics[metric][side]["n"] == 8
+    for metric in elite.METRICS:
+        assert list(metrics[metric]) == list(elite.SIDES)  # degraded ... zero_shot, vae_ceiling, no_skips, enhanced
+        for summary in metrics[metric].values():
+            assert {"mean", "std", "n", "ci95"} <= set(summary) and summary["n"] == 8
+        assert set(metrics["paired"][metric]) == {f"enhanced_vs_{side}" for side in elite.PAIRED_BASELINES}
+        assert all(gain["n"] == 8 and 0 <= gain["better"] <= 8 for gain in metrics["paired"][metric].values())
+    assert list(metrics["single_family"]) == list(elite.DEGRADATION_FAMILIES)  # every family is on in smoke
+    for family in metrics["single_family"].values():
+        assert list(family) == list(elite.PROBE_METRICS)
+        for summaries in family.values():
+            assert set(summaries) == {"degraded", "zero_shot", "enhanced", "enhanced_vs_degraded"}
+            assert all(summary["n"] == 8 for summary in summaries.values())
+    assert metrics["evaluation"]["probe_images_enhanced"] == 8 * len(elite.DEGRADATION_FAMILIES)
+    assert set(metrics["training"]["loss_balance"]) == {"0", "1"}  # step 0 and the smoke preset's gram_start_step
     assert set(metrics["inference"]) >= {"ms_per_image", "batch_size", "dtype", "device"}
     assert set(metrics["training"]) >= {"steps", "batch_size", "seconds_per_step", "peak_vram_gib", "history"}
     assert metrics["per_degradation"] and "say nothing about quality" in metrics["note"]
@@ -39,7 +51,7 @@ def test_smoke_run_writes_every_file(finished_run, notebook_kernel):
     assert len(list((run_dir / "comparisons").glob("example_*.png"))) == 8  # all 8 test images
     for name in ("run.json", "training_log.csv", "data/manifest.json", "data/images.npy", "example_enhanced.png",
                  "comparisons/zoom_best.png", "comparisons/per_family_lpips_alex.png", "adapter/adapter.safetensors",
-                 "adapter/adapter.json"):
+                 "adapter/adapter.json", "baselines.pt", "loss_balance.json", "comparisons/step_000000.png"):
         assert (run_dir / name).is_file(), name
     assert metrics["data"]["requested"] == metrics["data"]["used"] == 16
     assert metrics["runtime"] == {"dtype": "float32", "memory_cap_gib": None, "attention": "cpu"}

@@ -47,7 +47,8 @@ def test_run_all_again_continues_and_changes_nothing_it_measured(notebook_kernel
     assert "previous model alive: False" in text  # released before the new one is built
     after = snapshot(run_dir)
     for name in ("metrics.json", "training_log.csv", "run.json", "checkpoints/step_000002.pt",
-                 "checkpoints/step_000004.pt", "data/images.npy", "data/manifest.json"):
+                 "checkpoints/step_000004.pt", "data/images.npy", "data/manifest.json", "baselines.pt",
+                 "loss_balance.json"):
         assert after[name] == before[name], name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 4 and metrics["training"]["seconds_per_step"] > 0

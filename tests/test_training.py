@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from notebook_library import elite, smoke_config
+from notebook_library import as_skip_convs, elite, smoke_config
 
 CPU, FP32 = torch.device("cpu"), torch.float32
 
@@ -37,6 +37,18 @@ def fresh_run(tiny_model_dir, config):
     return enhancer, loss_fn
 
 
+class ChangedLoss(torch.nn.Module):
+    """The loss network with another forward(enhanced, clean, step); its terms and weights, which the step-0 loss
+    balance reads, as they are."""
+
+    def __init__(self, loss_fn, forward):
+        super().__init__()
+        self.changed_forward, self.terms, self.weights = forward, loss_fn.terms, loss_fn.weights
+
+    def forward(self, enhanced, clean, step):
+        return self.changed_forward(enhanced, clean, step)
+
+
 def trainable(enhancer) -> dict:
     return {n: p.detach().clone() for n, p in enhancer.named_parameters() if p.requires_grad}
 
@@ -47,14 +59,35 @@ def train(enhancer, loss_fn, pairs, config, run_dir, on_eval=None) -> dict:
     return elite.train(enhancer, loss_fn, pairs, config, run_dir, record, CPU, FP32, on_eval=on_eval)
 
 
-def test_training_steps_reduce_the_loss_on_a_fixed_pair(tiny_model_dir, pairs_factory):
-    config = smoke_config(learning_rate=1e-3, lr_warmup_steps=1, lr_schedule="constant", gram_weight=0.0)
+def test_training_learns_a_fixed_batch_with_every_term_on_and_moves_every_group(tiny_model_dir, pairs_factory):
+    rate = 3e-3  # raised: a dozen steps must show it
+    config = smoke_config(learning_rate=rate, conv_in_learning_rate=rate, lr_warmup_steps=1, lr_schedule="constant",
+                          l1_weight=1.0, lpips_weight=1.0, gram_weight=1.0, gram_start_step=0)
     enhancer, loss_fn = fresh_run(tiny_model_dir, config)
-    degraded, clean, _ = pairs_factory(config).train_batch(0)
+    before = trainable(enhancer)
+    degraded, clean, _ = pairs_factory(config).train_batch(0)  # one batch of 2 pairs, again and again
     optimization = elite.Optimization.create(enhancer, config, CPU, FP32)
-    losses = [elite.train_step(enhancer, loss_fn, optimization, [(degraded, clean)], step, config, FP32)["total"]
+    losses = [elite.train_step(enhancer, loss_fn, optimization, [(degraded, clean)], step, config, FP32)
               for step in range(12)]
-    assert losses[-1] < 0.9 * losses[0]
+    assert all(losses[0][name] > 0 for name in elite.LOSS_NAMES)
+    assert losses[-1]["total"] <= 0.5 * losses[0]["total"], [round(loss["total"], 3) for loss in losses]
+    after = trainable(enhancer)
+    moved = {elite.parameter_group(name) for name in before if not torch.equal(before[name], after[name])}
+    assert moved == set(elite.PARAMETER_GROUPS)
+
+
+def test_conv_in_has_its_own_learning_rate(tiny_enhancer):
+    config = smoke_config(learning_rate=1e-3, conv_in_learning_rate=1e-5, lr_warmup_steps=1)
+    optimization = elite.Optimization.create(tiny_enhancer, config, CPU, FP32)
+    groups = {group["name"]: group for group in optimization.optimizer.param_groups}
+    assert list(groups) == list(elite.PARAMETER_GROUPS)
+    factor = elite.lr_factor(3, config)
+    assert optimization.apply_settings(3, config) == 1e-3 * factor
+    assert {name: group["lr"] for name, group in groups.items()} == {
+        "unet_lora": 1e-3 * factor, "unet_conv_in": 1e-5 * factor, "vae_decoder_lora": 1e-3 * factor,
+        "skip_convs": 1e-3 * factor}
+    conv_in = {id(param) for name, param in tiny_enhancer.named_parameters() if name.startswith("unet.conv_in.")}
+    assert {id(param) for param in groups["unet_conv_in"]["params"]} == conv_in and len(conv_in) == 2
 
 
 class Disconnect(Exception):
@@ -83,6 +116,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tiny_model_dir, pairs_factory
     summary = train(resumed, loss_fn, pairs_factory(config), config, tmp_path / "resumed", on_eval=stop_at(-1))
 
     assert summary["trained_this_session"] == 1 and summary["steps"] == 3
+    assert set(summary["loss_balance"]) == {"0", str(config.gram_start_step)}  # measured by the first session
     a, b = trainable(straight), trainable(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with open(tmp_path / "resumed" / "training_log.csv") as handle:
@@ -192,6 +226,18 @@ def test_nonfinite_weights_are_never_saved(tiny_enhancer, tmp_path):
     assert [path.name for path in elite.list_checkpoints(tmp_path)] == ["step_000002.pt"]
 
 
+def test_a_checkpoint_of_another_notebook_version_is_refused_and_kept(tiny_enhancer, tmp_path):
+    config = smoke_config(keep_checkpoints=1)
+    older = save(tmp_path, 2, tiny_enhancer, config)
+    state = torch.load(older, weights_only=True)
+    torch.save({**state, "format": elite.CHECKPOINT_FORMAT - 1}, older)  # as the version before would have written
+    with pytest.raises(elite.OtherFormatError, match=r"another version of this notebook.*format 2.*kept"):
+        elite.load_latest_checkpoint(tmp_path, config)
+    assert elite.newest_checkpoint_name(tmp_path).startswith("none yet")
+    elite.prune_checkpoints(tmp_path, keep=1)
+    assert older.exists()
+
+
 def test_mismatched_checkpoint_is_refused_with_field_names(tiny_enhancer, tmp_path):
     save(tmp_path, 2, tiny_enhancer, smoke_config())
     with pytest.raises(ValueError, match=r"resolution: 64 -> 128.*unet_lora_rank: 8 -> 4"):
@@ -207,7 +253,7 @@ def test_a_short_streak_of_nonfinite_losses_stops_training_and_names_the_last_ch
         terms = loss_fn(enhanced, clean, step)
         return terms | {"total": terms["total"] * (float("nan") if step >= 3 else 1.0)}
     with pytest.raises(FloatingPointError, match=r"5 steps in a row.*at step 7.*continues from step_000006.pt"):
-        train(enhancer, diverging, pairs_factory(config), config, tmp_path)  # default max_nonfinite_steps
+        train(enhancer, ChangedLoss(loss_fn, diverging), pairs_factory(config), config, tmp_path)  # default streak
     checkpoints = elite.list_checkpoints(tmp_path / "checkpoints")
     assert [path.name for path in checkpoints] == ["step_000004.pt", "step_000006.pt"]
     with open(tmp_path / "training_log.csv") as handle:  # the step that ended the streak is logged too
@@ -218,7 +264,7 @@ def test_a_short_streak_of_nonfinite_losses_stops_training_and_names_the_last_ch
 def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
     layer = torch.nn.Linear(3, 3)
     before = layer.weight.detach().clone()
-    optimization = elite.Optimization.create(layer, smoke_config(), CPU, FP32)  # fp32: the scaler is off
+    optimization = elite.Optimization.create(as_skip_convs(layer), smoke_config(), CPU, FP32)  # fp32: the scaler is off
     loss = torch.sqrt(layer.weight - layer.weight.detach()).sum()  # finite (0), with infinite gradients
     optimization.backward(loss)
     applied, scale = optimization.step(grad_clip=1.0)
@@ -261,12 +307,12 @@ SAVE_FOREVER = """
 import sys, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from notebook_library import elite, smoke_config
+from notebook_library import as_skip_convs, elite, smoke_config
 config, folder = smoke_config(keep_checkpoints=100), Path({folder!r})
-model = torch.nn.Linear(4, 4)
+model = as_skip_convs(torch.nn.Linear(4, 4))
 elite.save_checkpoint(folder, 2, model, elite.Optimization.create(model, config, torch.device("cpu"), torch.float32),
                       config)
-big = torch.nn.Linear(6000, 6000)  # about 140 MB: slow enough to be killed mid-write
+big = as_skip_convs(torch.nn.Linear(6000, 6000))  # about 140 MB: slow enough to be killed mid-write
 optimization = elite.Optimization.create(big, config, torch.device("cpu"), torch.float32)
 for step in range(4, 1000, 2):
     elite.save_checkpoint(folder, step, big, optimization, config)
@@ -306,12 +352,16 @@ def test_killing_the_process_during_a_save_leaves_a_loadable_checkpoint(tmp_path
 
 def test_out_of_memory_stops_with_the_knobs_to_turn(tiny_model_dir, pairs_factory, tmp_path):
     config = smoke_config(train_steps=2)
-    enhancer, _ = fresh_run(tiny_model_dir, config)
+    enhancer, loss_fn = fresh_run(tiny_model_dir, config)
 
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
-    with pytest.raises(RuntimeError, match="out of memory.*batch_size=2.*Lower batch_size, lower resolution"):
-        train(enhancer, exhausted, pairs_factory(config), config, tmp_path)
+    for balance_fits in (False, True):  # the step-0 loss balance runs out, or the first training step does
+        exhausting = ChangedLoss(loss_fn, exhausted)
+        if not balance_fits:
+            exhausting.terms = exhausted
+        with pytest.raises(RuntimeError, match="out of memory.*batch_size=2.*Lower batch_size, lower resolution"):
+            train(enhancer, exhausting, pairs_factory(config), config, tmp_path / str(balance_fits))
 
 
 def test_gradient_accumulation_gathers_the_gradient_of_one_larger_batch(tiny_model_dir, pairs_factory):
