@@ -1,6 +1,6 @@
 """CPU benchmarks (not a test): python tests/benchmarks.py
 
-Prints the time per degradation family and the mixed throughput at 512² on one core, the time to build the
+Prints the time per degradation family and per training batch of 2 at 512² on one core, the time to build the
 cached subset from synthetic CelebA-HQ-schema parquet and to load it back, the counted work of a training step
 at 512² (the T4 time budget in the README), and a profile of one training step of the real architecture at 64 px
 on this CPU (what share of it is arithmetic)."""
@@ -21,20 +21,27 @@ RESOLUTION, IMAGES = 512, 300
 
 
 def degradation_speed() -> None:
+    """Per family at strength 0.6, then a training batch of 2 as the default mix draws it and with every family at
+    once, at 512² on one thread (what the two prefetch threads must hide behind a T4 step)."""
     torch.set_num_threads(1)
     config = elite.Config()
     faces = [elite.to_model_range(np.asarray(elite.synthetic_face(random.Random(k), RESOLUTION))[None])[0]
              for k in range(8)]
     for family in elite.DEGRADATION_FAMILIES:
+        records = [{family: elite.family_parameters(config, family, 0.6, elite.generator_for("bench", family, k))}
+                   for k in range(10)]
         started = time.perf_counter()
-        for k in range(10):
-            elite.apply_degradation((faces[k % 8] + 1) / 2, {family: {"strength": 0.6, "seed": k}})
+        for k, record in enumerate(records):
+            elite.apply_degradation((faces[k % 8] + 1) / 2, record)
         print(f"{family:9s} {100 * (time.perf_counter() - started):6.1f} ms/image (strength 0.6, one thread)")
-    records = [elite.sample_degradation(config, elite.generator_for(0, "bench", k)) for k in range(64)]
-    started = time.perf_counter()
-    for k, record in enumerate(records):
-        elite.degrade_batch(faces[k % 8][None], [record])
-    print(f"default mix: {len(records) / (time.perf_counter() - started):.1f} images/s on one core")
+    mixed = [elite.sample_degradation(config, elite.generator_for(0, "bench", k)) for k in range(64)]
+    every = [{family: elite.family_parameters(config, family, 0.6, elite.generator_for("every", family, k))
+              for family in elite.DEGRADATION_FAMILIES} for k in range(16)]
+    for label, records in (("default mix", mixed), ("every family at once", every)):
+        started = time.perf_counter()
+        for k in range(0, len(records), 2):
+            elite.degrade_batch(torch.stack(faces[k % 8:k % 8 + 2]), records[k:k + 2])
+        print(f"{label}: a batch of 2 in {2000 * (time.perf_counter() - started) / len(records):.0f} ms on one thread")
 
 
 def subset_speed() -> None:

@@ -121,3 +121,18 @@ def test_a_run_that_built_nothing_yet_restarts_with_new_defining_settings(tmp_pa
     (run_dir / "data" / "manifest.json").write_text("{}")  # now the data exist: the settings are tied to them
     with pytest.raises(ValueError, match="num_images: 8 -> 40"):
         elite.start_run(run_dir, smoke_config(num_images=40))
+
+
+def test_a_run_started_before_the_face_regions_is_refused_naming_the_new_fields(tmp_path):
+    run_dir, record = started(tmp_path)
+    new_fields = ("warp_strength", "blobs_strength", "holes_strength", "local_probability", "degradations")
+    record["identity"] = {name: value for name, value in record["identity"].items() if name not in new_fields}
+    elite.write_json(run_dir / "run.json", record)  # as the notebook before them wrote it
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "manifest.json").write_text("{}")  # it had built its data
+    with pytest.raises(ValueError) as error:
+        elite.start_run(run_dir, smoke_config())
+    for change in ("warp_strength: None -> [0.2, 1.0]", "blobs_strength: None -> [0.2, 1.0]",
+                   "holes_strength: None -> [0.2, 1.0]", "local_probability: None -> 0.7",
+                   f"degradations: None -> {elite.DEGRADATIONS_VERSION}", "Nothing was written"):
+        assert change in str(error.value)
