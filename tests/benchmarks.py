@@ -3,7 +3,8 @@
 Prints the time per degradation family and per training batch of 2 at 512² on one core, the time to build the
 cached subset from synthetic CelebA-HQ-schema parquet and to load it back, the counted work of a training step
 at 512² (the T4 time budget in the README), and a profile of one training step of the real architecture at 64 px
-on this CPU (what share of it is arithmetic)."""
+on this CPU (what share of it is arithmetic). `python tests/benchmarks.py balance` instead prints the step-0 loss
+balance of the real architecture at 512², batch 1, random weights (about 5 minutes and 12 GB here)."""
 import os
 import random
 import sys
@@ -87,7 +88,21 @@ def step_profile(steps: int = 3) -> None:
           f"{calls:,.0f} aten calls per step")
 
 
-if __name__ == "__main__":
+def loss_balance_at_512() -> None:
+    """Each loss term's share and gradient norm on one degraded synthetic face, real architecture, random weights."""
+    config = elite.Config(run_mode="footprint", resolution=RESOLUTION, batch_size=1)
+    enhancer = elite.build_enhancer(config, torch.device("cpu"), torch.float32, source=None)
+    loss_fn = elite.EnhancerLoss(config, pretrained_backbone=False)
+    clean = elite.to_model_range(np.asarray(elite.synthetic_face(random.Random(0), RESOLUTION))[None])
+    record = elite.sample_degradation(config, elite.generator_for(0, "bench", 0))
+    degraded = elite.degrade_batch(clean, [record])
+    print(elite.describe_record(record).replace("\n", "; "))
+    print(elite.describe_balance(elite.loss_balance(enhancer, loss_fn, degraded, clean, torch.float32)))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["balance"]:
+    loss_balance_at_512()
+elif __name__ == "__main__":
     degradation_speed()
     subset_speed()
     work_per_step()

@@ -1,6 +1,7 @@
 """Metric helpers and comparison images."""
 import json
 import math
+import zipfile
 
 import pytest
 import torch
@@ -160,10 +161,12 @@ def test_only_full_runs_publish_unless_results_dir_is_set(tmp_path, monkeypatch)
     (outputs / "comparisons").mkdir(parents=True)
     (outputs / "metrics.json").write_text("{}")
     (outputs / "comparisons" / "example_00.png").write_bytes(b"png")
-    assert elite.publish_results(outputs, smoke_config()) is None and not (tmp_path / "results").exists()
-    assert elite.publish_results(outputs, elite.Config()) == elite.Path("results")
+    assert elite.publish_results(outputs, smoke_config(), in_colab=False) is None
+    assert elite.publish_results(outputs, elite.Config(), in_colab=True) is None  # Colab's working dir is lost
+    assert not (tmp_path / "results").exists()
+    assert elite.publish_results(outputs, elite.Config(), in_colab=False) == elite.Path("results")
     elsewhere = tmp_path / "published"
-    assert elite.publish_results(outputs, smoke_config(results_dir=str(elsewhere))) == elsewhere
+    assert elite.publish_results(outputs, smoke_config(results_dir=str(elsewhere)), in_colab=True) == elsewhere
     assert (elsewhere / "comparisons" / "example_00.png").read_bytes() == b"png"
     assert (tmp_path / "results" / "metrics.json").read_text() == "{}"
 
@@ -184,3 +187,19 @@ def test_single_family_report_has_the_sides_and_the_paired_gain_per_family():
     assert set(report["blur"]["psnr"]) == {"degraded", "zero_shot", "enhanced", "enhanced_vs_degraded"}
     assert report["blur"]["psnr"]["enhanced_vs_degraded"] == {**report["blur"]["psnr"]["enhanced_vs_degraded"],
                                                               "mean": 1.75, "n": 2, "better": 2}
+
+
+def test_the_results_archive_holds_metrics_comparisons_and_the_adapter(tmp_path):
+    (tmp_path / "comparisons").mkdir()
+    (tmp_path / "adapter").mkdir()
+    for name, data in {"metrics.json": b"{}", "comparisons/example_00.png": b"png", "adapter/adapter.json": b"{}",
+                       "adapter/adapter.safetensors": b"weights", "checkpoints/step_000002.pt": b"big"}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    archive = elite.results_archive(tmp_path)
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == ["adapter/adapter.json", "adapter/adapter.safetensors",
+                                             "comparisons/example_00.png", "metrics.json"]
+        assert opened.read("adapter/adapter.safetensors") == b"weights"
+    first = archive.read_bytes()
+    assert elite.results_archive(tmp_path).read_bytes() == first  # the same files, the same archive

@@ -12,7 +12,7 @@ import torch
 
 from notebook_library import elite, smoke_config, smoke_environ, trainable_weights
 
-PARAMETERS_CELL = "# A second Run all in this kernel"
+PARAMETERS_CELL = "# @title Check the settings and open the run"
 PREVIOUS_MODEL_PROBE = {PARAMETERS_CELL: "print('previous model alive:', _previous() is not None)"}
 REMEMBER_MODEL = "import weakref\n_previous = weakref.ref(enhancer)"
 
@@ -129,7 +129,7 @@ def test_train_steps_at_or_below_the_steps_done_trains_nothing_and_reports_the_t
     assert finished, text[-3000:]
     assert "Nothing to train: this run has done 4 steps and train_steps=2" in text
     after = snapshot(run_dir)
-    moved = {"adapter/adapter.json"}  # names the smoke model's folder, which moved with the copy
+    moved = {"adapter/adapter.json", "results.zip"}  # names the smoke model's folder, which moved with the copy
     assert {name: after[name][2] for name in before if name not in moved} == {
         name: entry[2] for name, entry in before.items() if name not in moved}
     for name in ("training_log.csv", "run.json", "checkpoints/step_000002.pt", "checkpoints/step_000004.pt"):
