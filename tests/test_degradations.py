@@ -199,3 +199,22 @@ def test_the_family_grid_shows_every_family_at_three_strengths_and_its_region(fa
     grid = elite.family_grid(face[None].mul(2).sub(1)[0], CONFIG, seed=0)
     strip = max(14, 128 // 16)
     assert grid.size == (4 * 128, len(elite.DEGRADATION_FAMILIES) * (128 + strip))
+
+
+def test_region_mask_values_follow_the_smoothstep_of_the_feathered_ellipse():
+    region = {"anchor": "mouth", "centre": [0.5, 0.5], "radii": [0.25, 0.125], "angle": 0.0, "feather": 0.5}
+    mask = elite.region_mask(region, 200, 200)  # radii 50 and 25 px, feather out to 1.5 radii
+    row = 100  # the centre row, pixel centres at x + 0.5
+    for x, distance in ((99, 0.01), (144, 0.89), (162, 1.25), (174, 1.49), (176, 1.53)):
+        edge = min(1.0, max(0.0, (1.5 - distance) / 0.5))
+        assert mask[row, x].item() == pytest.approx(edge * edge * (3 - 2 * edge), abs=0.02), x
+    assert mask[100 + 30, 100].item() < mask[100, 100 + 30].item()  # shorter along y: 30 px is past its radius
+
+
+def test_warp_moves_no_pixel_further_than_its_amplitude():
+    ramp = torch.linspace(0, 1, 128).expand(3, 128, 128).clone()  # value = x / 127
+    for seed in range(3):
+        warped = elite.apply_degradation(ramp, {"warp": params("warp", strength=1.0, seed=seed, local=True)})
+        shift_px = (warped - ramp).abs().max().item() * 127
+        amplitude = 6 * 128 / 512  # the docstring's 6 px at 512², scaled to 128 px
+        assert 0.3 < shift_px <= amplitude + 0.01, seed

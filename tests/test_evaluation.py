@@ -203,3 +203,12 @@ def test_the_results_archive_holds_metrics_comparisons_and_the_adapter(tmp_path)
         assert opened.read("adapter/adapter.safetensors") == b"weights"
     first = archive.read_bytes()
     assert elite.results_archive(tmp_path).read_bytes() == first  # the same files, the same archive
+
+
+def test_lpips_to_targets_equals_the_lpips_package_across_batches():
+    torch.manual_seed(0)
+    metric = elite.make_lpips("alex", pretrained=False)
+    targets, first, second = (torch.rand(10, 3, 32, 32) * 2 - 1 for _ in range(3))  # 10 images: batches of 8 and 2
+    distances = elite.lpips_to_targets(metric, {"first": first, "second": second}, targets)
+    for name, images in (("first", first), ("second", second)):
+        assert torch.allclose(distances[name], metric(images, targets).flatten(), atol=1e-6)
