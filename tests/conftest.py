@@ -19,34 +19,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return elite.write_tiny_sd_turbo(tmp_path_factory.mktemp("models") / "tiny_sd_turbo", seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_parts(tiny_model_dir):
-    """(unet, vae, scheduler, prompt embedding) of the tiny model in fp32 on the CPU, loaded like a full run."""
-    cpu = torch.device("cpu")
-    unet, vae, scheduler = elite.load_sd_turbo(str(tiny_model_dir), cpu, torch.float32)
-    prompt = elite.encode_prompt(str(tiny_model_dir), "remove degradation", cpu, torch.float32)
-    return unet, vae, scheduler, prompt
-
-
 @pytest.fixture
 def tiny_enhancer(tiny_model_dir):
-    """A fresh LoRA'd tiny enhancer (fp32, CPU) built through the notebook's own builder."""
-    torch.manual_seed(0)
-    config = smoke_config()
-    return elite.build_enhancer(config, torch.device("cpu"), torch.float32, str(tiny_model_dir))
+    """A fresh LoRA'd tiny enhancer (fp32, CPU) built through the notebook's own builder and loading path."""
+    return elite.build_enhancer(smoke_config(), torch.device("cpu"), torch.float32, str(tiny_model_dir))
 
 
 @pytest.fixture(scope="session")
 def real_enhancer():
-    """The enhancer built from SD-Turbo's real configs with random weights (footprint mode), fp32 on the CPU."""
-    return elite.build_enhancer(elite.Config(run_mode="footprint", resolution=64), torch.device("cpu"),
-                                torch.float32, source=None)
-
-
-@pytest.fixture(params=["tiny", pytest.param("real", marks=pytest.mark.slow)])
-def any_enhancer(request):
-    """The tiny smoke enhancer and the real-config one, for tests that must hold for both."""
-    return request.getfixturevalue(f"{request.param}_enhancer")
+    """SD-Turbo's real architecture with random weights, fp32 on the CPU."""
+    return elite.build_enhancer(elite.Config(resolution=64), torch.device("cpu"), torch.float32, source=None)
 
 
 @pytest.fixture(scope="session")

@@ -7,24 +7,16 @@ import sys
 import types
 from pathlib import Path
 
-import torch
-
 os.environ["HF_HUB_OFFLINE"] = "1"  # any Hub call fails at once instead of retrying
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "ELITE_enhancer.ipynb"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-EXPORT_MARK = "#| export"
 
 
 def cell_sources(notebook: Path = NOTEBOOK) -> list[tuple[str, str]]:
     """(cell type, source) of every cell, in order."""
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    return [(cell["cell_type"], "".join(cell["source"])) for cell in cells]
-
-
-def export_sources(notebook: Path = NOTEBOOK) -> list[str]:
-    """Sources of the export cells."""
-    return [source for kind, source in cell_sources(notebook) if kind == "code" and source.startswith(EXPORT_MARK)]
+    return [(cell["cell_type"], "".join(cell["source"]))
+            for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]]
 
 
 def load_exports() -> types.ModuleType:
@@ -32,9 +24,10 @@ def load_exports() -> types.ModuleType:
     module = types.ModuleType("elite")
     module.__file__ = str(NOTEBOOK)
     sys.modules["elite"] = module
-    for index, source in enumerate(export_sources()):
+    exports = [source for kind, source in cell_sources() if kind == "code" and source.startswith("#| export")]
+    for index, source in enumerate(exports):
         filename = f"<export cell {index}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)  # readable tracebacks
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
         exec(compile(source, filename, "exec"), module.__dict__)
     return module
 
@@ -47,19 +40,13 @@ def smoke_config(**overrides):
     return elite.Config(**{**elite.MODE_PRESETS["smoke"], "run_mode": "smoke", **overrides})
 
 
-def as_skip_convs(layer: torch.nn.Module) -> torch.nn.Module:
-    """A stand-in enhancer that holds `layer` where the skip convs are: its parameters form one trainable group."""
-    module = torch.nn.Module()
-    module.skip_convs = torch.nn.ModuleList([layer])
-    return module
-
-
-def trainable_weights(checkpoint: Path) -> dict:
-    """The trainable tensors stored in a checkpoint file."""
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["trainable"]
-
-
 def smoke_environ(run_dir: Path, **overrides) -> dict:
     """ELITE_* variables of a smoke run in `run_dir`, with overrides."""
     return {"ELITE_RUN_MODE": "smoke", "ELITE_RUN_DIR": str(run_dir),
             **{f"ELITE_{name.upper()}": str(value) for name, value in overrides.items()}}
+
+
+def checkpoint_weights(path: Path) -> dict:
+    """The trainable tensors stored in a checkpoint file."""
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=True)["trainable"]
