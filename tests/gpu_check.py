@@ -1,60 +1,120 @@
-"""GPU check, not run by CI: the smoke notebook on the GPU, then footprint mode at 512² with the T4's code paths
-(emulate_t4: fp16 + GradScaler, flash SDPA off, 15 GiB cap) at batch 1 and 2. Prints the README's footprint table.
-
-On a GPU machine (../shared/gpu/README.md lists the wheels an offline one lacks):
-    HF_HUB_OFFLINE=1 python tests/gpu_check.py [RUNS_FOLDER] [TRAIN_STEPS]"""
-import json
-import os
+"""GPU check, not run by CI: memory, seconds per training step and ms per image of the real SD-Turbo architecture
+with random weights (nothing is downloaded), measured with a T4's code paths on a bigger GPU: fp16 autocast with a
+GradScaler, flash attention off globally (gradient-checkpoint recomputation runs outside any context manager) and
+this process capped at 15 GiB. Batch 1 and 2; the work of a step is counted on PyTorch's meta device (published:
+23.9 TFLOP at 512², batch 2). Without a GPU it prints only the FLOP count. Prints a Markdown table. Usage:
+    HF_HUB_OFFLINE=1 python tests/gpu_check.py [--resolution 512] [--steps 12]"""
+import argparse
+import gc
+import statistics
 import sys
 import time
 from pathlib import Path
 
-from notebook_runner import NotebookKernel
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "ELITE_enhancer.ipynb"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebook_library import elite  # noqa: E402  (the notebook's export cells)
 
-
-def run(runs: Path, name: str, environ: dict) -> dict:
-    """One run of the whole notebook in a fresh kernel; its metrics.json."""
-    run_dir = runs / name
-    kernel = NotebookKernel(NOTEBOOK, runs, {**os.environ, "HF_HUB_OFFLINE": "1"})
-    started = time.perf_counter()
-    try:
-        finished, text = kernel.run_all({"ELITE_RUN_DIR": str(run_dir), **environ})
-    finally:
-        kernel.shutdown()
-    print(f"{name}: {'finished' if finished else 'FAILED'} in {time.perf_counter() - started:.0f} s", flush=True)
-    if not finished:
-        print(text[-4000:])
-        sys.exit(1)
-    return json.loads((run_dir / "metrics.json").read_text())
+T4_MEMORY_GIB = 15.0
+WARMUP_STEPS = 2  # left out of the median
+PUBLISHED_TFLOP = 23.9  # notebook and README: one training step at 512², batch 2
+BATCHES = (1, 2)
 
 
-def table_row(metrics: dict) -> str:
-    training, inference = metrics["training"], metrics["inference"]
-    passes = inference["ms_by_unet_passes"]
-    return (f"| {metrics['environment']['device']['name']} | {training['batch_size']} | "
-            f"{training['peak_vram_gib']:.2f} ({training['peak_allocated_gib']:.2f}) | "
-            f"{training['seconds_per_step']:.2f} | {passes['1']:.0f} | {passes.get('50', float('nan')):.0f} |")
+def measured_config(resolution: int, batch: int) -> elite.Config:
+    """Defaults with Gram on from step 0 (the late-training step; the term is computed from step 0 anyway)."""
+    return elite.Config(resolution=resolution, batch_size=batch, gram_start_step=0)
 
 
-def main(runs: Path, train_steps: int) -> None:
-    runs.mkdir(parents=True, exist_ok=True)
-    run(runs, f"smoke-{time.time_ns()}", {"ELITE_RUN_MODE": "smoke"})
+def count_training_tflop(config: elite.Config) -> float:
+    """TFLOP of one optimizer step of the real enhancer (forward, loss, backward, checkpoint recomputation),
+    counted on the meta device: shapes only, no memory or arithmetic, so it runs on any machine."""
+    meta = torch.device("meta")
+    with meta:
+        enhancer = elite.build_enhancer(config, meta, torch.float32, source=None)
+        loss_fn = elite.EnhancerLoss(config, pretrained_backbone=False).to(meta)  # lpips makes CPU buffers
+    images = torch.zeros(config.batch_size, 3, config.resolution, config.resolution, device=meta)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(enhancer(images), images, config.gram_start_step)["total"].backward()
+    return counter.get_total_flops() * config.gradient_accumulation_steps / 1e12
+
+
+def t4_code_paths(device: torch.device) -> torch.dtype:
+    """A T4's code paths on this GPU: flash attention off for the whole process and memory capped at 15 GiB; the
+    T4's compute dtype (fp16, used with a GradScaler) is returned."""
+    torch.backends.cuda.enable_flash_sdp(False)  # globally: checkpoint recomputation ignores context managers
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(T4_MEMORY_GIB * 2**30 / total, index)
+    return torch.float16
+
+
+def training_figures(config: elite.Config, device: torch.device, dtype: torch.dtype, steps: int) -> dict:
+    """Median s/step after the warm-up and peak GiB of `steps` training steps on random images, then merged
+    inference ms/image at 1 and 4 UNet passes."""
+    gc.collect()  # the model of the batch before
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    enhancer = elite.build_enhancer(config, device, dtype, source=None)
+    loss_fn = elite.EnhancerLoss(config, pretrained_backbone=False).to(device)
+    optimizer = elite.make_optimizer(enhancer, config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=True)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    shape = (config.batch_size, 3, config.resolution, config.resolution)
+    durations = []
+    for step in range(steps):
+        degraded, clean = (torch.rand(shape, generator=generator, device=device) * 2 - 1 for _ in range(2))
+        torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        elite.train_step(enhancer, loss_fn, optimizer, scaler, [(degraded, clean)], step, config, dtype)
+        torch.cuda.synchronize(device)
+        durations.append(time.perf_counter() - started)
+    figures = {"s_per_step": statistics.median(durations[WARMUP_STEPS:]),
+               "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+               "allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    image = torch.rand(shape[1:], generator=generator, device=device) * 2 - 1
+    with elite.merged_lora(enhancer):
+        figures["ms"] = elite.time_inference(enhancer, image, device, dtype, passes=(1, 4))["ms_by_unet_passes"]
+    return figures
+
+
+def table_row(gpu: str, batch: int, tflop: float, figures: dict) -> str:
+    seconds, ms = figures["s_per_step"], figures["ms"]
+    return (f"| {gpu} | {batch} | {figures['reserved_gib']:.2f} ({figures['allocated_gib']:.2f}) | {seconds:.2f} | "
+            f"{tflop:.2f} | {tflop / seconds:.1f} | {ms['1']:.0f} | {ms['4']:.0f} |")
+
+
+def main(resolution: int, steps: int) -> None:
+    if steps <= WARMUP_STEPS:
+        sys.exit(f"--steps {steps}: need more than the {WARMUP_STEPS} warm-up steps")
+    tflop = {}
+    for batch in BATCHES:
+        tflop[batch] = count_training_tflop(measured_config(resolution, batch))
+        print(f"one training step at {resolution}², batch {batch}: {tflop[batch]:.2f} TFLOP (meta device)"
+              + (f"; published: {PUBLISHED_TFLOP}" if (resolution, batch) == (512, 2) else ""), flush=True)
+    if not torch.cuda.is_available():
+        sys.exit("No CUDA GPU: the FLOP count above is all this machine can measure.")
+    device = torch.device("cuda", torch.cuda.current_device())
+    dtype = t4_code_paths(device)
+    gpu = torch.cuda.get_device_name(device)
     rows = []
-    for batch in (1, 2):
-        metrics = run(runs, f"footprint-b{batch}-{time.time_ns()}", {
-            "ELITE_RUN_MODE": "footprint", "ELITE_EMULATE_T4": "1", "ELITE_BATCH_SIZE": str(batch),
-            "ELITE_TRAIN_STEPS": str(train_steps), "ELITE_RESOLUTION": "512"})
-        assert metrics["runtime"]["dtype"] == "float16" and metrics["runtime"]["attention"]["flash"] is False
-        rows.append(table_row(metrics))
-    print(f"\nfootprint, 512², T4 code paths (fp16 + GradScaler, flash SDPA off, 15 GiB cap), {train_steps} steps, "
-          "median s/step:\n")
-    print("| GPU | batch | peak reserved (allocated) GiB | s/step | ms/image (1 step) | ms/image (50 passes) |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    for batch in BATCHES:
+        try:
+            rows.append(table_row(gpu, batch, tflop[batch], training_figures(
+                measured_config(resolution, batch), device, dtype, steps)))
+        except torch.OutOfMemoryError:
+            rows.append(f"| {gpu} | {batch} | over {T4_MEMORY_GIB:g} (out of memory) | | {tflop[batch]:.2f} | | | |")
+        print(rows[-1], flush=True)
+    print(f"\n{resolution}², T4 code paths (fp16 + GradScaler, flash attention off, {T4_MEMORY_GIB:g} GiB cap), "
+          f"random weights, median of {steps - WARMUP_STEPS} steps after {WARMUP_STEPS} warm-up; merged LoRA:\n")
+    print("| GPU | batch | peak reserved (allocated) GiB | s/step | TFLOP/step | achieved TFLOP/s | ms/image (1 pass) "
+          "| ms/image (4 passes) |\n" + "|---" * 8 + "|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/elite-gpu-check"),
-         int(sys.argv[2]) if len(sys.argv) > 2 else 12)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=12, help="training steps per batch size, the first 2 warm-up")
+    main(**vars(parser.parse_args()))

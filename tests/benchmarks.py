@@ -1,0 +1,57 @@
+"""CPU benchmarks, not a test: time per degradation family and per training batch of 2 at 512² on one thread, and
+building then loading a 300-image subset at 512² from synthetic CelebA-HQ-schema parquet. One line per figure.
+
+    python tests/benchmarks.py"""
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars between the figures
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebook_library import elite, smoke_config  # noqa: E402  (the notebook's export cells)
+
+RESOLUTION, IMAGES, STRENGTH, PER_FAMILY, BATCHES = 512, 300, 0.6, 10, 32
+
+
+def degradation_speed() -> None:
+    torch.set_num_threads(1)
+    config = elite.Config()
+    faces = elite.to_model_range(np.stack([np.asarray(elite.synthetic_face(random.Random(k), RESOLUTION))
+                                           for k in range(8)]))  # (8, 3, 512, 512) in [-1, 1]
+    for family in elite.DEGRADATION_FAMILIES:
+        records = [{family: elite.family_parameters(config, family, STRENGTH, elite.generator_for("bench", family, k))}
+                   for k in range(PER_FAMILY)]
+        started = time.perf_counter()
+        for k, record in enumerate(records):
+            elite.apply_degradation((faces[k % 8] + 1) / 2, record)
+        print(f"{family:9s} {1000 * (time.perf_counter() - started) / PER_FAMILY:6.1f} ms/image at {RESOLUTION}², "
+              f"strength {STRENGTH}, one thread")
+    records = [elite.sample_degradation(config, elite.generator_for(0, "bench", k)) for k in range(2 * BATCHES)]
+    started = time.perf_counter()
+    for k in range(BATCHES):
+        elite.degrade_batch(faces[2 * k % 8:2 * k % 8 + 2], records[2 * k:2 * k + 2])
+    print(f"training batch of 2, default mix: {1000 * (time.perf_counter() - started) / BATCHES:.0f} ms at "
+          f"{RESOLUTION}², one thread (mean of {BATCHES} batches)")
+
+
+def subset_speed() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        source, run_dir = Path(folder) / "parquet", Path(folder) / "run"
+        config = smoke_config(num_images=IMAGES, resolution=RESOLUTION, dataset=str(source))  # validates itself
+        elite.write_synthetic_celeba(source, IMAGES, 2 * RESOLUTION, config.seed)  # before timing, as the Hub's file
+        for label in ("build the subset (stream, balance, decode, resize, cache)", "load the cached subset"):
+            started = time.perf_counter()
+            images = elite.prepare_data(config, run_dir).images
+            print(f"{label}: {time.perf_counter() - started:.2f} s for {len(images)} images at {RESOLUTION}²")
+        print(f"cache: {(run_dir / 'data' / 'images.npy').stat().st_size / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    degradation_speed()
+    subset_speed()

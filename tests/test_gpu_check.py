@@ -1,0 +1,40 @@
+"""tests/gpu_check.py: the T4 settings it makes on a GPU (torch.cuda faked) and its meta-device FLOP count."""
+import types
+
+import pytest
+import torch
+
+from gpu_check import count_training_tflop, measured_config, t4_code_paths
+
+
+def test_t4_code_paths_cap_the_named_gpu_at_15_gib_and_turn_flash_attention_off_globally(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: calls.append(("properties", index)) or types.SimpleNamespace(
+                            total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, index: calls.append(("fraction", fraction, index)))
+    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: calls.append(("flash", enabled)))
+    assert t4_code_paths(torch.device("cuda", 1)) is torch.float16
+    assert ("properties", 1) in calls and ("flash", False) in calls
+    [(_, fraction, index)] = [call for call in calls if call[0] == "fraction"]
+    assert index == 1 and fraction == pytest.approx(15 / 80, rel=1e-12)
+
+
+def test_t4_code_paths_use_the_current_gpu_when_the_device_has_no_index(monkeypatch):
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(total_memory=(16 if index == 3 else 80) * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *args: fractions.append(args))
+    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: None)
+    t4_code_paths(torch.device("cuda"))
+    assert fractions == [(15 / 16, 3)]
+
+
+@pytest.mark.slow  # three builds of the real architecture on the meta device: about 30 s
+def test_the_flop_count_of_a_training_step_scales_with_batch_and_image_area():
+    one = count_training_tflop(measured_config(64, 1))
+    assert 0.1 < one < 0.3  # 23.9 TFLOP at 512², batch 2 (printed by the script): about 0.19 at 64², batch 1
+    assert 1.8 <= count_training_tflop(measured_config(64, 2)) / one <= 2.2
+    assert 3.3 <= count_training_tflop(measured_config(128, 1)) / one <= 4.7

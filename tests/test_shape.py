@@ -1,0 +1,12 @@
+"""The size goals of tests/notebook_shape.py hold for the current notebook, tests and README."""
+from notebook_shape import NOTEBOOK, README, TESTS, measure
+
+
+def test_the_size_goals_hold():
+    figures = measure(NOTEBOOK, TESTS, README)
+    goals = {"code_lines": figures["code_lines"] <= 1500, "cells_over_40_lines": figures["cells_over_40_lines"] == 0,
+             "wide_lines": figures["wide_lines"] == 0, "section_3_at": figures["section_3_at"] <= 0.25,
+             "enhancer_at": figures["enhancer_at"] <= 0.50, "test_lines": figures["test_lines"] <= 2000,
+             "readme_kb": figures["readme_kb"] <= 15}
+    missed = {name: figures[name] for name, holds in goals.items() if not holds}
+    assert not missed, f"goals missed: {missed}"
