@@ -1,0 +1,170 @@
+"""Metrics against formulas worked by hand, the statistics of the report, the adapter and the files of a run."""
+import json
+import math
+import zipfile
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from PIL import Image
+
+from notebook_library import elite, smoke_config
+
+CPU = torch.device("cpu")
+
+
+def t_interval(values: np.ndarray) -> list[float]:
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))  # by hand
+    return [values.mean() - half, values.mean() + half]
+
+
+def test_psnr_is_ten_log10_of_one_over_the_unit_scale_mse_and_ssim_is_one_only_for_identical_images():
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    mse = (((a.double() + 1) / 2 - (b.double() + 1) / 2) ** 2).mean(dim=(1, 2, 3)).numpy()
+    assert np.allclose(elite.psnr_per_image(a, b).numpy(), 10 * np.log10(1 / mse), atol=1e-4)
+    assert elite.psnr_per_image(torch.zeros(1, 3, 8, 8) + 0.2, torch.zeros(1, 3, 8, 8)).item() == pytest.approx(20)
+    per_image = elite.score({"same": a, "noisy": (a + 0.3 * b).clamp(-1, 1), "flip": a.flip(-1)}, a, {})
+    assert torch.allclose(per_image["ssim_same"], torch.ones(2), atol=1e-6)
+    assert torch.all(per_image["ssim_noisy"] < 0.99) and torch.all(per_image["ssim_flip"] < 0.5)
+
+
+def test_summary_is_the_mean_sample_std_and_student_t_interval():
+    values = np.array([0.3, 0.1, 0.45, 0.2, 0.33, 0.27])
+    summary = elite.summarize(torch.tensor(values))
+    assert (summary["n"], summary["mean"], summary["std"]) == (6, pytest.approx(values.mean()),
+                                                              pytest.approx(values.std(ddof=1)))
+    assert summary["ci95"] == pytest.approx(t_interval(values), rel=1e-9)
+    assert elite.summarize(torch.tensor([0.3, 0.3]))["ci95"] == [pytest.approx(0.3)] * 2  # no spread, no width
+
+
+@pytest.mark.parametrize("metric", ["lpips_alex", "psnr"])
+def test_paired_gain_is_the_t_test_of_the_per_image_gains(metric):
+    baseline = np.array([0.50, 0.30, 0.62, 0.41, 0.55, 0.35])
+    candidate = baseline + np.array([-0.02, -0.03, 0.01, -0.025, -0.015, -0.02])
+    gain = baseline - candidate if metric == "lpips_alex" else candidate - baseline  # positive: candidate better
+    result = elite.paired_gain(torch.tensor(candidate), torch.tensor(baseline), metric)
+    t = gain.mean() / (gain.std(ddof=1) / math.sqrt(len(gain)))
+    assert (result["mean"], result["n"], result["better"]) == (pytest.approx(gain.mean()), 6, int((gain > 0).sum()))
+    assert result["ci95"] == pytest.approx(t_interval(gain), rel=1e-9)
+    assert result["p"] == pytest.approx(2 * (1 - scipy.stats.t.cdf(abs(t), len(gain) - 1)), rel=1e-6)
+
+
+def holm_by_hand(p: list[float]) -> list[float]:
+    m, order, adjusted, running = len(p), np.argsort(p), [0.0] * len(p), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, (m - rank) * p[index])
+        adjusted[index] = min(1.0, running)
+    return adjusted
+
+
+def test_holm_adjustment():
+    assert elite.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    p = np.random.default_rng(0).uniform(0, 0.5, 12).tolist()
+    adjusted = elite.holm(p)
+    assert adjusted == pytest.approx(holm_by_hand(p)) and all(a <= 1 and a >= q for a, q in zip(adjusted, p))
+    assert [adjusted[i] for i in np.argsort(p)] == sorted(adjusted)  # monotone in the raw p-values
+
+
+def per_image_example(seed: int, n: int = 8) -> dict:  # every side; enhanced = degraded + a gain: p 1e-4 ... 0.5
+    rng, per_image = np.random.default_rng(seed), {}
+    for m in elite.METRICS:
+        per_image |= {f"{m}_{side}": torch.tensor(rng.uniform(0, 1, n)) for side in elite.SIDES}
+        shift = rng.uniform(0, 0.1) + rng.normal(0, 0.05, n)
+        per_image[f"{m}_enhanced"] = per_image[f"{m}_degraded"] + torch.tensor(shift)
+    return per_image
+
+
+def test_paired_report_adds_p_holm_over_all_its_gains():
+    report = elite.paired_report(per_image_example(1), elite.METRICS, ("degraded", "zero_shot"))
+    gains = [g for gains in report.values() for g in gains.values()]
+    assert len(gains) == 8 and all(set(g) == {"mean", "ci95", "n", "better", "p", "p_holm"} for g in gains)
+    assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))
+
+
+def test_per_family_uses_only_the_images_that_carry_each_family():
+    per_image = {"psnr_degraded": torch.tensor([1.0, 2.0, 3.0, 4.0]), "psnr_enhanced": torch.tensor([2.0, 4, 6, 8])}
+    records = [{"blur": {}}, {"blur": {}, "noise": {}}, {"noise": {}}, {"real": {}}]
+    result = elite.per_family(per_image, records)
+    assert set(result) == {"blur", "noise", "real"}
+    assert result["blur"]["psnr"]["degraded"]["mean"] == 1.5 and result["noise"]["psnr"]["enhanced"]["mean"] == 5
+    assert result["real"]["psnr"]["degraded"] == {"mean": 4.0, "std": 0.0, "n": 1, "ci95": [4.0, 4.0]}
+
+
+def test_single_family_adjusts_over_all_families_together():
+    probe = {family: per_image_example(k) for k, family in enumerate(("blur", "noise", "jpeg"))}
+    report = elite.single_family(probe)
+    gains = [report[f][m]["enhanced_vs_degraded"] for f in probe for m in elite.PROBE_METRICS]
+    assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))  # 9, not 3 x 3
+    assert set(report["blur"]["psnr"]) >= set(elite.SIDES) and "lpips_vgg" not in report["blur"]
+
+
+def test_examples_are_best_three_median_worst_three_then_the_rest():
+    gain = torch.tensor([0.5, -0.2, 0.9, 0.1, 0.0, 0.7, -0.5, 0.3, 0.2, -0.1])
+    picks = elite.pick_examples(gain, 10)  # descending: 2 5 0 7 8 3 4 9 1 6
+    assert picks[:3] == [2, 5, 0] and picks[3] == 3 and picks[4:7] == [9, 1, 6] and picks[7:] == [7, 8, 4]
+    assert elite.pick_examples(gain, 2) == [2, 5]
+
+
+@pytest.mark.parametrize("size, expected", [((300, 200), (64, 96)), ((200, 333), (104, 64)),
+                                            ((400, 100), (64, 256)), ((64, 64), (64, 64))])
+def test_input_images_keep_their_aspect_in_multiples_of_8(tmp_path, size, expected):
+    path = tmp_path / "render.png"
+    Image.new("RGBA", size, (200, 100, 50, 255)).save(path)
+    image = elite.load_input_image(path, 64)
+    height, width = image.shape[-2:]
+    assert image.shape == (1, 3, *expected) and height % 8 == width % 8 == 0 and min(height, width) == 64
+    assert height * width <= 4 * 64**2 and abs(width / height - size[0] / size[1]) < 0.1 and image.abs().max() <= 1
+
+
+def test_input_image_errors_name_the_field(tmp_path):
+    (tmp_path / "notes.png").write_text("hello")
+    Image.new("RGB", (500, 100)).save(tmp_path / "strip.png")
+    for name, error, message in (("missing.png", FileNotFoundError, "input_image='.*' does not exist"),
+                                 ("notes.png", ValueError, "input_image='.*' is not an image"),
+                                 ("strip.png", ValueError, "input_image is 500x100")):
+        with pytest.raises(error, match=message):
+            elite.load_input_image(tmp_path / name, 64)
+
+
+def test_exported_adapter_reloads_to_the_training_models_merged_outputs(tiny_enhancer, tiny_model_dir, tmp_path):
+    torch.manual_seed(2)
+    for param in (p for p in tiny_enhancer.parameters() if p.requires_grad):  # as if trained: every tensor moves
+        torch.nn.init.normal_(param, std=0.01)
+    folder = elite.export_adapter(tiny_enhancer, smoke_config(), str(tiny_model_dir), tmp_path / "adapter")
+    reloaded, x = elite.load_adapter(folder, CPU, torch.float32), torch.rand(2, 3, 32, 32) * 2 - 1
+    with elite.merged_lora(tiny_enhancer):
+        expected = elite.enhance(tiny_enhancer, x, 2, CPU, torch.float32)
+    assert (elite.enhance(reloaded, x, 2, CPU, torch.float32) - expected).abs().max() < 1e-4
+    assert not any(p.requires_grad for p in reloaded.parameters())
+    description = json.loads((folder / "adapter.json").read_text())
+    (folder / "adapter.json").write_text(json.dumps(description | {"format": elite.RUN_FORMAT - 1}))
+    with pytest.raises(ValueError, match="format"):
+        elite.load_adapter(folder, CPU, torch.float32)
+
+
+def test_results_archive_holds_metrics_comparisons_and_adapter_only(tmp_path):
+    files = {"metrics.json": b"{}", "comparisons/example_00.png": b"png", "comparisons/sub/a.png": b"a",
+             "adapter/adapter.json": b"{}", "adapter/adapter.safetensors": b"w", "checkpoints/step_000002.pt": b"c",
+             "run.json": b"{}", "training_log.csv": b"step", "data/images.npy": b"d", "baselines.pt": b"b"}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    with zipfile.ZipFile(elite.results_archive(tmp_path)) as archive:
+        assert sorted(archive.namelist()) == sorted(n for n in files if n.split("/")[0] in (
+            "metrics.json", "comparisons", "adapter"))
+        assert archive.read("adapter/adapter.safetensors") == b"w"
+
+
+def test_write_metrics_keeps_a_finished_runs_file_and_rewrites_it_otherwise(tmp_path, capsys):
+    path = tmp_path / "metrics.json"
+    first = {"training": {"steps": 4, "trained_this_session": 4}, "test_set": {"n": 6, "sha": "x"}, "created": "1"}
+    assert elite.write_metrics(path, first) == first and json.loads(path.read_text()) == first
+    again = first | {"training": {"steps": 4, "trained_this_session": 0}, "created": "2"}
+    assert elite.write_metrics(path, again) == first and json.loads(path.read_text()) == first
+    assert "kept" in capsys.readouterr().out
+    for changed in (again | {"training": {"steps": 6, "trained_this_session": 0}}, again | {"test_set": {"n": 7}},
+                    again | {"training": {"steps": 4, "trained_this_session": 1}}):
+        assert elite.write_metrics(path, changed) == changed and json.loads(path.read_text()) == changed
+        path.write_text(json.dumps(first))
