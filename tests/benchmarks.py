@@ -52,6 +52,21 @@ def subset_speed() -> None:
         print(f"cache: {(run_dir / 'data' / 'images.npy').stat().st_size / 2**20:.0f} MiB")
 
 
+def x0_precision() -> None:
+    """What computing x0 in fp32 buys at t = 999 when z and eps arrive in fp16, as autocast hands them over."""
+    alpha_bar = elite.DDPMScheduler.from_config(elite.SD_TURBO_SCHEDULER).alphas_cumprod[999].double()
+    generator = torch.Generator().manual_seed(0)
+    clean = 0.7 * torch.randn(1, 4, 64, 64, generator=generator, dtype=torch.float64)  # the x0 to recover
+    latent = torch.randn(1, 4, 64, 64, generator=generator, dtype=torch.float64)
+    eps = (latent - alpha_bar.sqrt() * clean) / (1 - alpha_bar).sqrt()  # the prediction that gives it exactly
+    half = elite.one_step_x0(latent.half(), eps.half(), alpha_bar.float())  # fp16 inputs, fp32 formula
+    all_half = (latent.half() - (1 - alpha_bar).sqrt().half() * eps.half()) / alpha_bar.sqrt().half()
+    error = lambda x: ((x.double() - clean) ** 2).mean().sqrt() / (clean ** 2).mean().sqrt()  # noqa: E731
+    print(f"x0 at t = 999 from fp16 z and eps: rounding error {100 * error(half):.2f} % of its RMS with the "
+          f"fp32 formula, {100 * error(all_half):.2f} % all in fp16")
+
+
 if __name__ == "__main__":
+    x0_precision()
     degradation_speed()
     subset_speed()
