@@ -18,7 +18,6 @@ from notebook_library import elite, smoke_config  # noqa: E402  (the notebook's 
 
 RESOLUTION, IMAGES, STRENGTH, PER_FAMILY, BATCHES = 512, 300, 0.6, 10, 32
 
-
 def degradation_speed() -> None:
     torch.set_num_threads(1)
     config = elite.Config()
@@ -39,7 +38,6 @@ def degradation_speed() -> None:
     print(f"training batch of 2, default mix: {1000 * (time.perf_counter() - started) / BATCHES:.0f} ms at "
           f"{RESOLUTION}², one thread (mean of {BATCHES} batches)")
 
-
 def subset_speed() -> None:
     with tempfile.TemporaryDirectory() as folder:
         source, run_dir = Path(folder) / "parquet", Path(folder) / "run"
@@ -50,7 +48,6 @@ def subset_speed() -> None:
             images = elite.prepare_data(config, run_dir).images
             print(f"{label}: {time.perf_counter() - started:.2f} s for {len(images)} images at {RESOLUTION}²")
         print(f"cache: {(run_dir / 'data' / 'images.npy').stat().st_size / 2**20:.0f} MiB")
-
 
 def x0_precision() -> None:
     """What computing x0 in fp32 buys at t = 999 when z and eps arrive in fp16, as autocast hands them over."""
@@ -64,7 +61,6 @@ def x0_precision() -> None:
     error = lambda x: ((x.double() - clean) ** 2).mean().sqrt() / (clean ** 2).mean().sqrt()  # noqa: E731
     print(f"x0 at t = 999 from fp16 z and eps: rounding error {100 * error(half):.2f} % of its RMS with the "
           f"fp32 formula, {100 * error(all_half):.2f} % all in fp16")
-
 
 if __name__ == "__main__":
     x0_precision()

@@ -7,29 +7,24 @@ import torch
 
 from notebook_library import NOTEBOOK, elite, smoke_config, smoke_environ
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: full-size models or repeated notebook runs (CI skips them in the "
                                        "Colab-versions environment)")
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny SD-Turbo-shaped model in the Hub layout, written once per test session."""
     return elite.write_tiny_sd_turbo(tmp_path_factory.mktemp("models") / "tiny_sd_turbo", seed=0)
 
-
 @pytest.fixture
 def tiny_enhancer(tiny_model_dir):
     """A fresh LoRA'd tiny enhancer (fp32, CPU) built through the notebook's own builder and loading path."""
     return elite.build_enhancer(smoke_config(), torch.device("cpu"), torch.float32, str(tiny_model_dir))
 
-
 @pytest.fixture(scope="session")
 def real_enhancer():
     """SD-Turbo's real architecture with random weights, fp32 on the CPU."""
     return elite.build_enhancer(elite.Config(resolution=64), torch.device("cpu"), torch.float32, source=None)
-
 
 @pytest.fixture(scope="session")
 def notebook_kernel(tmp_path_factory):
@@ -40,7 +35,6 @@ def notebook_kernel(tmp_path_factory):
     kernel.workdir = workdir
     yield kernel
     kernel.shutdown()
-
 
 @pytest.fixture(scope="session")
 def finished_run(notebook_kernel, tmp_path_factory) -> tuple[Path, str]:

@@ -22,11 +22,9 @@ WARMUP_STEPS = 2  # left out of the median
 PUBLISHED_TFLOP = 23.9  # notebook and README: one training step at 512², batch 2
 BATCHES = (1, 2)
 
-
 def measured_config(resolution: int, batch: int) -> elite.Config:
     """Defaults with Gram on from step 0 (the late-training step; the term is computed from step 0 anyway)."""
     return elite.Config(resolution=resolution, batch_size=batch, gram_start_step=0)
-
 
 def count_training_tflop(config: elite.Config) -> float:
     """TFLOP of one optimizer step of the real enhancer (forward, loss, backward, checkpoint recomputation),
@@ -40,7 +38,6 @@ def count_training_tflop(config: elite.Config) -> float:
         loss_fn(enhancer(images), images, config.gram_start_step)["total"].backward()
     return counter.get_total_flops() * config.gradient_accumulation_steps / 1e12
 
-
 def t4_code_paths(device: torch.device) -> torch.dtype:
     """A T4's code paths on this GPU: flash attention off for the whole process and memory capped at 15 GiB; the
     T4's compute dtype (fp16, used with a GradScaler) is returned."""
@@ -49,7 +46,6 @@ def t4_code_paths(device: torch.device) -> torch.dtype:
     total = torch.cuda.get_device_properties(index).total_memory
     torch.cuda.set_per_process_memory_fraction(T4_MEMORY_GIB * 2**30 / total, index)
     return torch.float16
-
 
 def training_figures(config: elite.Config, device: torch.device, dtype: torch.dtype, steps: int) -> dict:
     """Median s/step after the warm-up and peak GiB of `steps` training steps on random images, then merged
@@ -79,12 +75,10 @@ def training_figures(config: elite.Config, device: torch.device, dtype: torch.dt
         figures["ms"] = elite.time_inference(enhancer, image, device, dtype, passes=(1, 4))["ms_by_unet_passes"]
     return figures
 
-
 def table_row(gpu: str, batch: int, tflop: float, figures: dict) -> str:
     seconds, ms = figures["s_per_step"], figures["ms"]
     return (f"| {gpu} | {batch} | {figures['reserved_gib']:.2f} ({figures['allocated_gib']:.2f}) | {seconds:.2f} | "
             f"{tflop:.2f} | {tflop / seconds:.1f} | {ms['1']:.0f} | {ms['4']:.0f} |")
-
 
 def main(resolution: int, steps: int) -> None:
     if steps <= WARMUP_STEPS:
@@ -111,7 +105,6 @@ def main(resolution: int, steps: int) -> None:
           f"random weights, median of {steps - WARMUP_STEPS} steps after {WARMUP_STEPS} warm-up; merged LoRA:\n")
     print("| GPU | batch | peak reserved (allocated) GiB | s/step | TFLOP/step | achieved TFLOP/s | ms/image (1 pass) "
           "| ms/image (4 passes) |\n" + "|---" * 8 + "|\n" + "\n".join(rows))
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,12 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "ELITE_enhancer.ipynb"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-
 def cell_sources(notebook: Path = NOTEBOOK) -> list[tuple[str, str]]:
     """(cell type, source) of every cell, in order."""
     return [(cell["cell_type"], "".join(cell["source"]))
             for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]]
-
 
 def load_exports() -> types.ModuleType:
     """Execute the export cells into a fresh module registered as `elite`."""
@@ -34,17 +32,14 @@ def load_exports() -> types.ModuleType:
 
 elite = load_exports()
 
-
 def smoke_config(**overrides):
     """The smoke preset as a Config, with overrides."""
     return elite.Config(**{**elite.MODE_PRESETS["smoke"], "run_mode": "smoke", **overrides})
-
 
 def smoke_environ(run_dir: Path, **overrides) -> dict:
     """ELITE_* variables of a smoke run in `run_dir`, with overrides."""
     return {"ELITE_RUN_MODE": "smoke", "ELITE_RUN_DIR": str(run_dir),
             **{f"ELITE_{name.upper()}": str(value) for name, value in overrides.items()}}
-
 
 def checkpoint_weights(path: Path) -> dict:
     """The trainable tensors stored in a checkpoint file."""

@@ -13,7 +13,6 @@ from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-
 def run(path: str, timeout: int) -> None:
     notebook = nbformat.read(path, as_version=4)
     kernel = KernelManager(kernel_name="python3", transport="ipc")
@@ -22,7 +21,6 @@ def run(path: str, timeout: int) -> None:
     finally:
         if kernel.has_kernel:
             kernel.shutdown_kernel(now=True)
-
 
 def with_form_values(notebook, values: dict):
     """A copy of the notebook whose form cell assigns other values, as a user editing the form would."""
@@ -34,7 +32,6 @@ def with_form_values(notebook, values: dict):
         assert count == 1, f"{name} is not in the form"
     return notebook
 
-
 def text_of(notebook) -> str:
     """Everything the cells printed, and the error of a failed cell."""
     parts = []
@@ -45,7 +42,6 @@ def text_of(notebook) -> str:
             elif output.get("output_type") == "error":
                 parts.append(f"{output['ename']}: {output['evalue']}\n")
     return "".join(parts)
-
 
 class NotebookKernel:
     """One IPython kernel that runs the notebook again and again, as a Colab session does."""
@@ -96,7 +92,6 @@ class NotebookKernel:
 
     def shutdown(self) -> None:
         self.manager.shutdown_kernel(now=True)
-
 
 if __name__ == "__main__":
     run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 600)

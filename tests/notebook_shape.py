@@ -15,13 +15,11 @@ GOALS = {  # figure: (label, most allowed; None: no goal)
     "enhancer_at": ("class OneStepEnhancer starts at", 0.50), "test_lines": ("Python lines under tests/", 2000),
     "readme_kb": ("README KB (1000 bytes)", 15), "definitions": ("top-level functions and classes", None)}
 
-
 def definitions(lines: list[str]) -> int:
     """Functions and classes defined at a code cell's top level (shell and magic lines read as `pass`)."""
     source = "\n".join("pass" if line.lstrip().startswith(("!", "%")) else line for line in lines)
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return sum(isinstance(node, kinds) for node in ast.parse(source).body)
-
 
 def measure(notebook_path: Path, tests_dir: Path, readme_path: Path) -> dict:
     """The figures of GOALS; a start is the share of all markdown and code lines before the cell (1.0: none)."""
@@ -38,7 +36,6 @@ def measure(notebook_path: Path, tests_dir: Path, readme_path: Path) -> dict:
                               for path in Path(tests_dir).rglob("*.py")),
             "readme_kb": Path(readme_path).stat().st_size / 1000, "definitions": sum(map(definitions, code))}
 
-
 def files_at(revision: str, folder: Path) -> tuple[Path, Path, Path]:
     """The notebook, tests/**/*.py and README of a git revision, written under `folder`."""
     git = lambda *args: subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, check=True).stdout
@@ -47,7 +44,6 @@ def files_at(revision: str, folder: Path) -> tuple[Path, Path, Path]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(git("show", f"{revision}:{name}"))
     return folder / NOTEBOOK.name, folder / "tests", folder / README.name
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,7 +59,6 @@ def main() -> None:
             value, float) else str(value)
         values = [shown(column[name]) for column in columns.values()]
         print(f"| {label} | {'—' if most is None else f'≤ {shown(most)}'} | " + " | ".join(values) + " |")
-
 
 if __name__ == "__main__":
     main()

@@ -12,12 +12,10 @@ from notebook_library import NOTEBOOK, elite, smoke_config
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(elite.Config)}
 
-
 def problems_of(**fields) -> str:
     with pytest.raises(ValueError, match="Invalid parameters") as error:
         elite.Config(**fields)
     return str(error.value)
-
 
 def test_every_problem_is_named_at_once():
     message = problems_of(run_mode="fast", resolution=100, batch_size=0, test_fraction=0.7,
@@ -26,13 +24,11 @@ def test_every_problem_is_named_at_once():
                                               "test_fraction=0.7", "blur_strength=(0.8, 0.2)", "lr_schedule='steep'"))
     assert message.count("\n- ") == 6
 
-
 def test_wrong_types_are_named():
     message = problems_of(train_steps="100", resume=1, blur_strength=(0.1,), seed=1.0)
     assert all(f"{named}: expected" in message for named in ("train_steps='100'", "resume=1", "seed=1.0",
                                                               "blur_strength=(0.1,)"))
     assert elite.Config(grad_clip=1).grad_clip == 1  # an int is a fine float
-
 
 @pytest.mark.parametrize("fields, named", [
     ({"resolution": 68}, "resolution=68: a multiple of 8"),
@@ -48,14 +44,12 @@ def test_wrong_types_are_named():
 def test_values_that_would_break_later_are_refused_now(fields, named):
     assert named in problems_of(**fields)
 
-
 def test_the_smoke_preset_is_valid_and_configs_are_frozen():
     config = smoke_config()
     assert (config.resolution, config.num_images, config.train_steps) == (64, 16, 4)
     assert elite.config_problems(config) == [] and elite.RUN_MODES == tuple(elite.MODE_PRESETS)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1
-
 
 def test_overrides_parse_to_the_field_types():
     environ = {"ELITE_TRAIN_STEPS": "8", "ELITE_LEARNING_RATE": "3e-5", "ELITE_RESUME": "off",
@@ -67,7 +61,6 @@ def test_overrides_parse_to_the_field_types():
     assert all(type(getattr(config, name)) is type(DEFAULTS[name]) for name in overrides)
     assert elite.parse_field("TRUE", False, "ELITE_RESUME") is True and elite.parse_field("7", 1.0, "X") == 7.0
 
-
 @pytest.mark.parametrize("name, text", [("ELITE_TRAIN_STEPS", "many"), ("ELITE_TRAIN_STEPS", "8.5"),
                                         ("ELITE_RESUME", "maybe"), ("ELITE_BLUR_STRENGTH", "0.5"),
                                         ("ELITE_BLUR_STRENGTH", "0.1,0.2,0.3"), ("ELITE_LEARNING_RATE", "fast")])
@@ -75,11 +68,9 @@ def test_a_bad_override_names_the_variable(name, text):
     with pytest.raises(ValueError, match=f"{name}={text!r}"):
         elite.build_config({}, {name: text})
 
-
 def test_an_unknown_elite_name_is_refused():
     with pytest.raises(ValueError, match="ELITE_TRAIN_STEP'"):
         elite.build_config({}, {"ELITE_TRAIN_STEP": "3"})
-
 
 def test_precedence_form_then_preset_then_environment():
     form = {"run_mode": "full", "train_steps": 1500, "seed": 7, "resolution": 256}
@@ -90,7 +81,6 @@ def test_precedence_form_then_preset_then_environment():
     assert elite.build_config({**form, "run_mode": "smoke"}, {"ELITE_RESOLUTION": "128"})[0].resolution == 128
     assert elite.build_config(form, {})[0].train_steps == 1500  # full has no preset
 
-
 def test_the_form_cell_assigns_exactly_the_form_fields_with_the_config_defaults():
     cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
     (cell,) = [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).startswith(
@@ -100,7 +90,6 @@ def test_the_form_cell_assigns_exactly_the_form_fields_with_the_config_defaults(
     assert {node.targets[0].id: ast.literal_eval(node.value) for node in body} == {
         name: DEFAULTS[name] for name in elite.FORM_FIELDS}
     assert "parameters" in cell["metadata"].get("tags", [])
-
 
 def test_runs_root_with_a_faked_drive_mount(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -115,7 +104,6 @@ def test_runs_root_with_a_faked_drive_mount(tmp_path, monkeypatch):
         assert elite.runs_root(elite.Config(local_disk=True), True, mount) == Path("/content/runs")
     assert elite.runs_root(elite.Config(), False, mount) == Path("runs")
     mount.assert_not_called()
-
 
 def test_a_full_run_on_a_cpu_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)T4 GPU.*smoke"):

@@ -16,30 +16,24 @@ from notebook_library import elite, smoke_config
 
 CONFIG = smoke_config()  # 16 images at 64 px: test 6, val 2, train 8
 
-
 def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
 
-
 def face(k: int, size: int = 96) -> Image.Image:
     return elite.synthetic_face(random.Random(k), size)
 
-
 def render(image: Image.Image, size: tuple[int, int]) -> Image.Image:  # a rendering of the same frame: softer, smaller
     return image.filter(ImageFilter.GaussianBlur(0.8)).resize(size)
-
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> str:
     return str(elite.write_synthetic_celeba(tmp_path_factory.mktemp("faces"), 40, 96, seed=0))
 
-
 @pytest.fixture(scope="module")
 def subset(source, tmp_path_factory):
     return elite.build_subset(CONFIG, source, tmp_path_factory.mktemp("run") / "data")
-
 
 def test_synthetic_parquet_has_the_celeba_hq_schema(source):
     assert Features.from_arrow_schema(pq.read_schema(f"{source}/faces.parquet")) == Features(
@@ -47,7 +41,6 @@ def test_synthetic_parquet_has_the_celeba_hq_schema(source):
     table = pq.read_table(f"{source}/faces.parquet").to_pylist()
     assert [row["label"] for row in table] == [0] * 20 + [1] * 20  # sorted by label, as on the Hub
     assert Image.open(io.BytesIO(table[0]["image"]["bytes"])).size == (96, 96)
-
 
 def test_the_subset_is_balanced_reproducible_and_split_without_overlap(source, subset, tmp_path):
     rows = subset.manifest["rows"]
@@ -67,7 +60,6 @@ def test_the_subset_is_balanced_reproducible_and_split_without_overlap(source, s
         assert list(row["probe"]) == (elite.enabled_families(CONFIG) if row["split"] == "test" else [])
         assert all(list(record) == [family] for family, record in row["probe"].items())
 
-
 def test_the_cache_is_read_back_without_streaming_again(source, tmp_path):
     copy = shutil.copytree(source, tmp_path / "copy")
     first = elite.prepare_data(smoke_config(dataset=str(copy)), tmp_path / "run")
@@ -76,13 +68,11 @@ def test_the_cache_is_read_back_without_streaming_again(source, tmp_path):
     second = elite.prepare_data(smoke_config(dataset=str(copy)), tmp_path / "run")
     assert np.array_equal(second.images, first.images) and second.manifest == first.manifest
 
-
 PALETTE = Image.new("P", (80, 80), 0)
 PALETTE.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red (made transparent below), index 1 blue
 PALETTE.paste(1, (40, 0, 80, 80))
 WIDE = Image.fromarray(np.repeat(np.repeat([[0, 255]], 40, axis=1), 40, axis=0).astype(np.uint8)).convert("RGB")
 WIDE.getexif()[0x0112] = 6  # rotate 90 degrees clockwise to display: the black left half ends up on top
-
 
 @pytest.mark.parametrize("data, status, pixels", [
     (encoded(Image.new("L", (80, 80), 120)), "ok", {(0, 0): (120, 120, 120)}),
@@ -104,7 +94,6 @@ def test_awkward_images_become_8bit_rgb_squares_or_are_skipped_with_a_reason(dat
         image = elite.decode_rgb(data)  # (70, 20) lies outside an image left unrotated
         assert image.mode == "RGB" and np.abs(np.asarray(image)[row, col].astype(int) - colour).max() <= 2, (row, col)
 
-
 def test_too_few_usable_images_fail_clearly(tmp_path):
     for k in range(3):
         face(k, 80).save(tmp_path / f"render_{k}.png")
@@ -112,7 +101,6 @@ def test_too_few_usable_images_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"Only 3 usable images.*'undecodable': 1.*needs at least 9"):
         elite.build_subset(CONFIG, str(tmp_path), tmp_path / "run" / "data")
     assert not (tmp_path / "run").exists()
-
 
 def test_dataset_layout_refuses_folders_it_cannot_use(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dataset='.*nowhere' is not a folder"):
@@ -128,7 +116,6 @@ def test_dataset_layout_refuses_folders_it_cannot_use(tmp_path):
                           ("wrong", r"has the columns \['img', 'label'\]; it needs 'image'")):
         with pytest.raises(ValueError, match=f"dataset: .*{message}"):
             elite.dataset_layout(str(tmp_path / name))
-
 
 def test_real_pairs_from_folders_matched_by_stem_and_from_parquet(tmp_path):
     clean, degraded = (tmp_path / "pairs" / side for side in ("clean", "degraded"))
@@ -155,7 +142,6 @@ def test_real_pairs_from_folders_matched_by_stem_and_from_parquet(tmp_path):
     parquet = elite.build_subset(smoke_config(num_images=10), str(tmp_path / "parquet"), tmp_path / "data2")
     assert parquet.manifest["layout"] == "pairs" and parquet.degraded.shape == parquet.images.shape == (10, 64, 64, 3)
     assert 0 < np.abs(parquet.images.astype(float) - parquet.degraded).mean() < 12
-
 
 def test_image_pairs_are_pure_functions_of_the_manifest_and_the_index(source, subset, tmp_path):
     first, second = (elite.ImagePairs(s, CONFIG) for s in (subset, elite.build_subset(CONFIG, source, tmp_path)))

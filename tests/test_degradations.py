@@ -13,24 +13,19 @@ from notebook_library import elite, smoke_config
 CONFIG = smoke_config()
 REGIONAL = [family for family in elite.DEGRADATION_FAMILIES if elite.DEGRADATIONS[family].scope in ("local", "either")]
 
-
 def smooth_texture(cells: int, mode: str = "bilinear") -> torch.Tensor:
     """Random colours on a cells x cells grid interpolated to (3, 128, 128) in [0, 1]: detail everywhere."""
     noise = torch.rand(1, 3, cells, cells, generator=torch.Generator().manual_seed(cells))
     return F.interpolate(noise, size=(128, 128), mode=mode, align_corners=False)[0].clamp(0, 1)
 
-
 FACE = torch.from_numpy(np.array(elite.synthetic_face(random.Random(0), 128))).permute(2, 0, 1).float() / 255
 TEXTURE = smooth_texture(32)
-
 
 def params(family: str, strength: float = 0.8, seed: int = 3, local: bool | None = None) -> dict:
     return elite.family_parameters(CONFIG, family, strength, elite.generator_for("test", family, seed), local=local)
 
-
 def apply(family: str, image: torch.Tensor, strength: float = 0.8, seed: int = 3, local: bool | None = None):
     return elite.apply_degradation(image, {family: params(family, strength, seed, local)})
-
 
 def high_band_energy(image: torch.Tensor) -> float:
     """Spectral energy above half the Nyquist frequency along either axis."""
@@ -38,18 +33,15 @@ def high_band_energy(image: torch.Tensor) -> float:
     high = (frequencies[:, None] > 0.25) | (frequencies[None, :] > 0.25)
     return (spectrum.abs() ** 2)[:, high].sum().item()
 
-
 @pytest.mark.parametrize("family", elite.DEGRADATION_FAMILIES)
 def test_shape_dtype_range_and_change(family):
     out = apply(family, TEXTURE)
     assert out.shape == TEXTURE.shape and out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 1
     assert (out - TEXTURE).abs().max() > 0.01
 
-
 @pytest.mark.parametrize("family", elite.DEGRADATION_FAMILIES)
 def test_strength_zero_is_identity(family):
     assert torch.equal(apply(family, FACE, strength=0.0), FACE)
-
 
 @pytest.mark.parametrize("family", elite.DEGRADATION_FAMILIES)
 def test_the_same_record_gives_the_same_image_also_after_a_json_round_trip(family):
@@ -59,14 +51,12 @@ def test_the_same_record_gives_the_same_image_also_after_a_json_round_trip(famil
     assert torch.equal(first, elite.apply_degradation(TEXTURE, record)) and torch.equal(
         first, elite.apply_degradation(TEXTURE, stored))
 
-
 @pytest.mark.parametrize("family", REGIONAL)
 def test_a_local_family_changes_only_pixels_inside_its_mask_support(family):
     for seed in range(3):
         region = params(family, seed=seed, local=True)["region"]
         changed = (apply(family, TEXTURE, seed=seed, local=True) - TEXTURE).abs().amax(dim=0) > 0
         assert changed.any() and not (changed & (elite.region_mask(region, 128, 128) == 0)).any(), (seed, region)
-
 
 @pytest.mark.parametrize("angle", [0.0, math.pi / 2, 0.6])
 def test_region_mask_is_the_smoothstep_of_the_feathered_ellipse(angle):
@@ -80,11 +70,9 @@ def test_region_mask_is_the_smoothstep_of_the_feathered_ellipse(angle):
         assert mask[row, col].item() == pytest.approx(edge * edge * (3 - 2 * edge), abs=1e-4), (row, col)
     assert mask.max() == 1 and mask.min() == 0
 
-
 @pytest.mark.parametrize("family", ["blur", "resample"])
 def test_softening_families_remove_high_frequencies(family):
     assert high_band_energy(apply(family, FACE, local=False)) < 0.5 * high_band_energy(FACE)
-
 
 def test_noise_raises_residual_variance_more_in_bright_areas():
     flat = torch.cat([torch.full((3, 64, 32), 0.3), torch.full((3, 64, 32), 0.8)], dim=2)
@@ -94,7 +82,6 @@ def test_noise_raises_residual_variance_more_in_bright_areas():
         assert half.std().item() == pytest.approx(expected, rel=0.06)
     assert residual[:, :, 32:].var() > 1.4 * residual[:, :, :32].var()
 
-
 def test_jpeg_makes_8x8_block_boundaries():
     def boundary_contrast(image: torch.Tensor) -> list[float]:  # steps across block edges / inside, along x, y
         steps = [(image[:, :, 1:] - image[:, :, :-1]).abs().mean(dim=(0, 1)),
@@ -102,7 +89,6 @@ def test_jpeg_makes_8x8_block_boundaries():
         return [(step[7::8].mean() / torch.cat([step[k::8] for k in range(7)]).mean()).item() for step in steps]
     smooth = smooth_texture(8, "bicubic")  # blocking shows on smooth content
     assert max(boundary_contrast(smooth)) < 1.1 and min(boundary_contrast(apply("jpeg", smooth, strength=1.0))) > 1.6
-
 
 def test_holes_move_pixels_toward_the_background_colour():
     image, background = TEXTURE.clone(), torch.tensor([0.9, 0.85, 0.8])[:, None, None]
@@ -112,7 +98,6 @@ def test_holes_move_pixels_toward_the_background_colour():
         before, after = (image - background).abs(), (out - background).abs()
         assert (after <= before + 1e-6).all()  # every pixel moves toward the background, none away
         assert (before - after).sum() > 10, seed  # ... and many move
-
 
 def test_warp_keeps_colours_and_moves_no_pixel_further_than_its_amplitude():
     x = torch.linspace(0, 1, 128).expand(128, 128)
@@ -129,12 +114,10 @@ def test_warp_keeps_colours_and_moves_no_pixel_further_than_its_amplitude():
     assert (warped <= F.max_pool2d(blocks[None], reach, 1, reach // 2)[0] + 1e-6).all()
     assert (warped >= -F.max_pool2d(-blocks[None], reach, 1, reach // 2)[0] - 1e-6).all()
 
-
 def test_every_family_of_the_config_has_one_registered_function():
     strengths = tuple(f.name[:-9] for f in elite.dataclasses.fields(elite.Config) if f.name.endswith("_strength"))
     assert elite.DEGRADATION_FAMILIES == strengths and sorted(elite.DEGRADATIONS) == sorted(strengths)
     assert all(elite.DEGRADATIONS[family].apply.__name__ == family for family in strengths)
-
 
 def test_records_name_families_with_strengths_in_their_configured_range():
     config = smoke_config(blur_strength=(0.3, 0.4), noise_strength=(0.6, 0.6), jpeg_strength=(0.0, 0.0))

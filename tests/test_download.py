@@ -3,7 +3,6 @@ import pytest
 
 from notebook_library import elite
 
-
 def fake_hub(monkeypatch, failures: list[Exception]) -> list[tuple]:
     """list_repo_files and hf_hub_download faked: the first calls raise `failures`, then they answer."""
     calls = []
@@ -21,7 +20,6 @@ def fake_hub(monkeypatch, failures: list[Exception]) -> list[tuple]:
     monkeypatch.setattr(elite.time, "sleep", lambda seconds: calls.append(("sleep", seconds)))
     return calls
 
-
 def test_transient_errors_are_retried_with_a_growing_pause(monkeypatch):
     calls = fake_hub(monkeypatch, [OSError("connection reset"), OSError("timed out")])
     assert elite.hub_split_files("mattymchen/celeba-hq", "validation") == [
@@ -30,7 +28,6 @@ def test_transient_errors_are_retried_with_a_growing_pause(monkeypatch):
     download = [call for call in calls if call[0] != "sleep"][-1]
     assert download == (("mattymchen/celeba-hq", "data/validation-00000-of-00001-abc.parquet"),
                         {"repo_type": "dataset"})
-
 
 def test_errors_that_waiting_cannot_fix_are_raised_at_once(monkeypatch):
     calls = fake_hub(monkeypatch, [elite.hub_errors.OfflineModeIsEnabled("offline")])
@@ -41,7 +38,6 @@ def test_errors_that_waiting_cannot_fix_are_raised_at_once(monkeypatch):
     with pytest.raises(OSError, match="down"):
         elite.hub_split_files("mattymchen/celeba-hq", "validation")
     assert len([call for call in calls if call[0] == "sleep"]) == 3
-
 
 def test_a_split_without_files_is_named(monkeypatch):
     fake_hub(monkeypatch, [])

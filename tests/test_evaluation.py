@@ -13,11 +13,9 @@ from notebook_library import elite, smoke_config
 
 CPU = torch.device("cpu")
 
-
 def t_interval(values: np.ndarray) -> list[float]:
     half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))  # by hand
     return [values.mean() - half, values.mean() + half]
-
 
 def test_psnr_is_ten_log10_of_one_over_the_unit_scale_mse_and_ssim_is_one_only_for_identical_images():
     torch.manual_seed(0)
@@ -29,7 +27,6 @@ def test_psnr_is_ten_log10_of_one_over_the_unit_scale_mse_and_ssim_is_one_only_f
     assert torch.allclose(per_image["ssim_same"], torch.ones(2), atol=1e-6)
     assert torch.all(per_image["ssim_noisy"] < 0.99) and torch.all(per_image["ssim_flip"] < 0.5)
 
-
 def test_summary_is_the_mean_sample_std_and_student_t_interval():
     values = np.array([0.3, 0.1, 0.45, 0.2, 0.33, 0.27])
     summary = elite.summarize(torch.tensor(values))
@@ -37,7 +34,6 @@ def test_summary_is_the_mean_sample_std_and_student_t_interval():
                                                               pytest.approx(values.std(ddof=1)))
     assert summary["ci95"] == pytest.approx(t_interval(values), rel=1e-9)
     assert elite.summarize(torch.tensor([0.3, 0.3]))["ci95"] == [pytest.approx(0.3)] * 2  # no spread, no width
-
 
 @pytest.mark.parametrize("metric", ["lpips_alex", "psnr"])
 def test_paired_gain_is_the_t_test_of_the_per_image_gains(metric):
@@ -50,7 +46,6 @@ def test_paired_gain_is_the_t_test_of_the_per_image_gains(metric):
     assert result["ci95"] == pytest.approx(t_interval(gain), rel=1e-9)
     assert result["p"] == pytest.approx(2 * (1 - scipy.stats.t.cdf(abs(t), len(gain) - 1)), rel=1e-6)
 
-
 def holm_by_hand(p: list[float]) -> list[float]:
     m, order, adjusted, running = len(p), np.argsort(p), [0.0] * len(p), 0.0
     for rank, index in enumerate(order):
@@ -58,14 +53,12 @@ def holm_by_hand(p: list[float]) -> list[float]:
         adjusted[index] = min(1.0, running)
     return adjusted
 
-
 def test_holm_adjustment():
     assert elite.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     p = np.random.default_rng(0).uniform(0, 0.5, 12).tolist()
     adjusted = elite.holm(p)
     assert adjusted == pytest.approx(holm_by_hand(p)) and all(a <= 1 and a >= q for a, q in zip(adjusted, p))
     assert [adjusted[i] for i in np.argsort(p)] == sorted(adjusted)  # monotone in the raw p-values
-
 
 def per_image_example(seed: int, n: int = 8) -> dict:  # every side; enhanced = degraded + a gain: p 1e-4 ... 0.5
     rng, per_image = np.random.default_rng(seed), {}
@@ -75,13 +68,11 @@ def per_image_example(seed: int, n: int = 8) -> dict:  # every side; enhanced = 
         per_image[f"{m}_enhanced"] = per_image[f"{m}_degraded"] + torch.tensor(shift)
     return per_image
 
-
 def test_paired_report_adds_p_holm_over_all_its_gains():
     report = elite.paired_report(per_image_example(1), elite.METRICS, ("degraded", "zero_shot"))
     gains = [g for gains in report.values() for g in gains.values()]
     assert len(gains) == 8 and all(set(g) == {"mean", "ci95", "n", "better", "p", "p_holm"} for g in gains)
     assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))
-
 
 def test_per_family_uses_only_the_images_that_carry_each_family():
     per_image = {"psnr_degraded": torch.tensor([1.0, 2.0, 3.0, 4.0]), "psnr_enhanced": torch.tensor([2.0, 4, 6, 8])}
@@ -91,7 +82,6 @@ def test_per_family_uses_only_the_images_that_carry_each_family():
     assert result["blur"]["psnr"]["degraded"]["mean"] == 1.5 and result["noise"]["psnr"]["enhanced"]["mean"] == 5
     assert result["real"]["psnr"]["degraded"] == {"mean": 4.0, "std": 0.0, "n": 1, "ci95": [4.0, 4.0]}
 
-
 def test_single_family_adjusts_over_all_families_together():
     probe = {family: per_image_example(k) for k, family in enumerate(("blur", "noise", "jpeg"))}
     report = elite.single_family(probe)
@@ -99,13 +89,11 @@ def test_single_family_adjusts_over_all_families_together():
     assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))  # 9, not 3 x 3
     assert set(report["blur"]["psnr"]) >= set(elite.SIDES) and "lpips_vgg" not in report["blur"]
 
-
 def test_examples_are_best_three_median_worst_three_then_the_rest():
     gain = torch.tensor([0.5, -0.2, 0.9, 0.1, 0.0, 0.7, -0.5, 0.3, 0.2, -0.1])
     picks = elite.pick_examples(gain, 10)  # descending: 2 5 0 7 8 3 4 9 1 6
     assert picks[:3] == [2, 5, 0] and picks[3] == 3 and picks[4:7] == [9, 1, 6] and picks[7:] == [7, 8, 4]
     assert elite.pick_examples(gain, 2) == [2, 5]
-
 
 @pytest.mark.parametrize("size, expected", [((300, 200), (64, 96)), ((200, 333), (104, 64)),
                                             ((400, 100), (64, 256)), ((64, 64), (64, 64))])
@@ -117,7 +105,6 @@ def test_input_images_keep_their_aspect_in_multiples_of_8(tmp_path, size, expect
     assert image.shape == (1, 3, *expected) and height % 8 == width % 8 == 0 and min(height, width) == 64
     assert height * width <= 4 * 64**2 and abs(width / height - size[0] / size[1]) < 0.1 and image.abs().max() <= 1
 
-
 def test_input_image_errors_name_the_field(tmp_path):
     (tmp_path / "notes.png").write_text("hello")
     Image.new("RGB", (500, 100)).save(tmp_path / "strip.png")
@@ -126,7 +113,6 @@ def test_input_image_errors_name_the_field(tmp_path):
                                  ("strip.png", ValueError, "input_image is 500x100")):
         with pytest.raises(error, match=message):
             elite.load_input_image(tmp_path / name, 64)
-
 
 def test_exported_adapter_reloads_to_the_training_models_merged_outputs(tiny_enhancer, tiny_model_dir, tmp_path):
     torch.manual_seed(2)
@@ -143,7 +129,6 @@ def test_exported_adapter_reloads_to_the_training_models_merged_outputs(tiny_enh
     with pytest.raises(ValueError, match="format"):
         elite.load_adapter(folder, CPU, torch.float32)
 
-
 def test_results_archive_holds_metrics_comparisons_and_adapter_only(tmp_path):
     files = {"metrics.json": b"{}", "comparisons/example_00.png": b"png", "comparisons/sub/a.png": b"a",
              "adapter/adapter.json": b"{}", "adapter/adapter.safetensors": b"w", "checkpoints/step_000002.pt": b"c",
@@ -155,7 +140,6 @@ def test_results_archive_holds_metrics_comparisons_and_adapter_only(tmp_path):
         assert sorted(archive.namelist()) == sorted(n for n in files if n.split("/")[0] in (
             "metrics.json", "comparisons", "adapter"))
         assert archive.read("adapter/adapter.safetensors") == b"w"
-
 
 def test_write_metrics_keeps_a_finished_runs_file_and_rewrites_it_otherwise(tmp_path, capsys):
     path = tmp_path / "metrics.json"

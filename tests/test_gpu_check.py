@@ -6,7 +6,6 @@ import torch
 
 from gpu_check import count_training_tflop, measured_config, t4_code_paths
 
-
 def test_t4_code_paths_cap_the_named_gpu_at_15_gib_and_turn_flash_attention_off_globally(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -20,7 +19,6 @@ def test_t4_code_paths_cap_the_named_gpu_at_15_gib_and_turn_flash_attention_off_
     [(_, fraction, index)] = [call for call in calls if call[0] == "fraction"]
     assert index == 1 and fraction == pytest.approx(15 / 80, rel=1e-12)
 
-
 def test_t4_code_paths_use_the_current_gpu_when_the_device_has_no_index(monkeypatch):
     fractions = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
@@ -30,7 +28,6 @@ def test_t4_code_paths_use_the_current_gpu_when_the_device_has_no_index(monkeypa
     monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: None)
     t4_code_paths(torch.device("cuda"))
     assert fractions == [(15 / 16, 3)]
-
 
 @pytest.mark.slow  # three builds of the real architecture on the meta device: about 30 s
 def test_the_flop_count_of_a_training_step_scales_with_batch_and_image_area():

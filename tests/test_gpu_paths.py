@@ -9,7 +9,6 @@ from notebook_library import elite, smoke_config
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # autocast on the faked GPU
 
-
 @pytest.fixture
 def cuda(monkeypatch):
     """torch.cuda as a T4 answers; .calls holds (function, args) in order, .answers what each returns."""
@@ -21,7 +20,6 @@ def cuda(monkeypatch):
         monkeypatch.setattr(torch.cuda, name, lambda *args, _n=name: fake.calls.append((_n, args)) or fake.answers[_n])
     return fake
 
-
 @pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
 def test_dtype_follows_the_compute_capability_and_the_report_names_the_gpu(cuda, capability, expected):
     cuda.answers["get_device_capability"] = capability
@@ -31,7 +29,6 @@ def test_dtype_follows_the_compute_capability_and_the_report_names_the_gpu(cuda,
     assert cuda.calls == [("get_device_capability", (CUDA,)), ("get_device_properties", (CUDA,)),
                           ("max_memory_reserved", (CUDA,))]  # each asked of the device; nothing for the CPU
 
-
 def test_cuda_random_states_are_saved_and_restored(cuda, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     states = elite.rng_states()
@@ -40,7 +37,6 @@ def test_cuda_random_states_are_saved_and_restored(cuda, monkeypatch):
     assert cuda.calls == [("get_rng_state_all", ()), ("set_rng_state_all", (states["cuda"],))]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert elite.rng_states()["cuda"] == [] and len(cuda.calls) == 2  # no GPU: no CUDA state asked for
-
 
 class Recording(list):
     """Stands for the image and the enhancer, and is the log of what time_inference asks of them."""
@@ -53,7 +49,6 @@ class Recording(list):
         return lambda value, *_: self.append(("to", value) if name == "to" else name) or (
             self if name == "to" else (value, []) if name == "encode" else value)
 
-
 def test_timing_synchronises_the_gpu_around_every_timed_run(cuda, tiny_enhancer):
     elite.time_inference(tiny_enhancer, torch.rand(3, 32, 32) * 2 - 1, CPU, torch.float32)
     assert cuda.calls == []  # the CPU runs synchronously: nothing to synchronise
@@ -63,7 +58,6 @@ def test_timing_synchronises_the_gpu_around_every_timed_run(cuda, tiny_enhancer)
     timed = lambda k: [("synchronize", (CUDA,)), *run(k), ("synchronize", (CUDA,))]  # noqa: E731
     assert log == [*run(1), *timed(1) * 3, *run(4), *timed(4) * 3, ("get_device_properties", (CUDA,))]
     assert timing["repeats"] == 3 and set(timing["ms_by_unet_passes"]) == {"1", "4"} and timing["device"] == "Tesla T4"
-
 
 def test_an_fp16_decode_that_overflows_is_decoded_again_in_fp32(tiny_model_dir, monkeypatch, capsys):
     enhancer = elite.build_enhancer(smoke_config(), CPU, torch.float16, str(tiny_model_dir))  # frozen fp16, as a T4

@@ -8,21 +8,17 @@ from notebook_library import elite, smoke_config
 DIFIX_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)  # relu1_2 ... relu5_3, typed from DIFIX's loss.py
 pytestmark = pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum):UserWarning")  # lpips' torchvision call
 
-
 @pytest.fixture(scope="module")
 def loss_fn():
     return elite.EnhancerLoss(smoke_config(gram_start_step=5, gram_weight=2.0), pretrained_backbone=False)
 
-
 def images(seed: int, count: int = 2, size: int = 32) -> torch.Tensor:
     return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
 
 def difix_gram(p: torch.Tensor, r: torch.Tensor) -> float:
     """DIFIX's Gram distance of one sample's (C, H, W) features in float64: mean((F Fᵀ − R Rᵀ)²) / (C·H·W)."""
     f, g = p.double().flatten(1), r.double().flatten(1)
     return ((f @ f.T - g @ g.T) ** 2).mean().item() / p.numel()
-
 
 def test_shared_pass_lpips_equals_the_lpips_package_across_batches(loss_fn):
     torch.manual_seed(0)
@@ -35,10 +31,8 @@ def test_shared_pass_lpips_equals_the_lpips_package_across_batches(loss_fn):
     distances = elite.lpips_to_targets(loss_fn.lpips, {"a": a, "c": c}, b, batch_size=2)  # batches of 2, 2, 1
     assert torch.allclose(torch.stack(list(distances.values())), torch.stack([expected_a, expected_c]), atol=1e-6)
 
-
 def test_identical_images_give_zero_for_every_term(loss_fn):
     assert all(value.item() == 0 for value in loss_fn.terms(images(3), images(3)).values())
-
 
 def test_gram_term_is_difix_per_sample_and_does_not_mix_samples(loss_fn):
     a, b = images(4), images(5)
@@ -50,7 +44,6 @@ def test_gram_term_is_difix_per_sample_and_does_not_mix_samples(loss_fn):
         assert torch.allclose(elite.gram_term(p, r).double(), expected, rtol=1e-4)
         assert torch.allclose(elite.gram_term(p.flip(0), r.flip(0)), elite.gram_term(p, r).flip(0), rtol=1e-6)
 
-
 def test_gram_stays_fp32_and_finite_under_fp16_autocast_where_an_fp16_gram_overflows():
     features = torch.full((1, 8, 128, 128), 3.0)  # G = 9 · 128² = 147,456 > fp16's 65,504
     with torch.autocast("cpu", dtype=torch.float16):
@@ -58,7 +51,6 @@ def test_gram_stays_fp32_and_finite_under_fp16_autocast_where_an_fp16_gram_overf
         term = elite.gram_term(features * 1.5, features)
     expected = ((2.25 - 1) * 9 * 128**2) ** 2 / (8 * 128 * 128)  # every entry of G differs by the same amount
     assert term.dtype == torch.float32 and term.item() == pytest.approx(expected, rel=1e-5)
-
 
 def test_gram_term_is_scaled_to_difix_crop_area(loss_fn):
     texture_a, texture_b = images(6, count=1, size=16), images(7, count=1, size=16)
@@ -74,7 +66,6 @@ def test_gram_term_is_scaled_to_difix_crop_area(loss_fn):
     assert values[128] == pytest.approx(values[64], rel=0.3)  # the same statistics, about the same value
     assert 3 < values[128] * 128**2 / (values[64] * 64**2) < 5  # without the GRAM_AREA / (H·W) scaling: ~4x
 
-
 def test_gram_comes_in_at_gram_start_step(loss_fn):
     a, b = images(8), images(9)
     assert loss_fn.weights(4)["gram"] == 0 and loss_fn.weights(5)["gram"] == 2.0 == loss_fn.weights(None)["gram"]
@@ -82,7 +73,6 @@ def test_gram_comes_in_at_gram_start_step(loss_fn):
     assert torch.isclose(before["total"], before["l1"] + before["lpips"])
     assert torch.isclose(after["total"], after["l1"] + after["lpips"] + 2.0 * after["gram"])
     assert torch.isclose(after["l1"], (a - b).abs().mean())
-
 
 def test_loss_balance_shares_and_gradient_norms_equal_one_plain_backward(tiny_enhancer):
     loss_fn = elite.EnhancerLoss(smoke_config(lpips_weight=0.0, gram_weight=2.0, gram_start_step=1000), False)

@@ -11,10 +11,8 @@ from notebook_library import FIXTURES, elite, smoke_config
 CPU = torch.device("cpu")
 REAL_CONFIGS = FIXTURES / "sd_turbo_configs"
 
-
 def images(seed: int, count: int = 1, size: int = 32) -> torch.Tensor:
     return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
 
 def randomize_lora_b(enhancer, std: float) -> None:
     """LoRA's B starts at 0, which hides A's gradient and makes merging a no-op: give it values."""
@@ -22,15 +20,12 @@ def randomize_lora_b(enhancer, std: float) -> None:
     for param in (p for name, p in enhancer.named_parameters() if "lora_B" in name):
         torch.nn.init.normal_(param, std=std)
 
-
 def trainable(enhancer) -> dict[str, torch.nn.Parameter]:
     return {name: param for name, param in enhancer.named_parameters() if param.requires_grad}
-
 
 def test_skip_channels_follow_the_real_vae_config():
     channels = json.loads((REAL_CONFIGS / "vae_config.json").read_text())["block_out_channels"]
     assert elite.skip_channels(channels) == [(512, 512), (256, 512), (128, 512), (128, 256)]
-
 
 @pytest.mark.parametrize("embedded, name", [("SD_TURBO_UNET", "unet"), ("SD_TURBO_VAE", "vae"),
                                             ("SD_TURBO_SCHEDULER", "scheduler")])
@@ -38,7 +33,6 @@ def test_embedded_configs_equal_the_real_files(embedded, name):
     real = json.loads((REAL_CONFIGS / f"{name}_config.json").read_text())
     for key, value in getattr(elite, embedded).items():
         assert real[key] == (list(value) if isinstance(value, tuple) else value), key
-
 
 @pytest.mark.parametrize("t, alpha_bar", [(999, 0.004660), (199, 0.755)])
 def test_one_step_x0_equals_the_closed_form_and_the_ddpm_step(t, alpha_bar):
@@ -54,7 +48,6 @@ def test_one_step_x0_equals_the_closed_form_and_the_ddpm_step(t, alpha_bar):
     half = elite.one_step_x0(latent.half(), eps.half(), a)  # fp16 UNet output: x0 still computed in fp32
     exact = (latent.half().double() - (1 - a.double()).sqrt() * eps.half().double()) / a.double().sqrt()
     assert half.dtype == torch.float32 and torch.allclose(half.double(), exact, rtol=1e-5, atol=1e-5)
-
 
 def test_trainable_set_is_exactly_lora_conv_in_and_skips_in_fp32(tiny_model_dir):
     enhancer = elite.build_enhancer(smoke_config(), CPU, torch.float16, str(tiny_model_dir))  # as on a T4
@@ -72,7 +65,6 @@ def test_trainable_set_is_exactly_lora_conv_in_and_skips_in_fp32(tiny_model_dir)
     assert encoder and not any(p.requires_grad or "lora" in n for n, p in encoder)
     assert not any(isinstance(m, BaseTunerLayer) for m in enhancer.vae.encoder.modules())
 
-
 def plain_sd_turbo(enhancer, x: torch.Tensor) -> torch.Tensor:
     """SD-Turbo's one step written out: encode (posterior mode), UNet at t = 999, x0 by hand, the plain decoder."""
     vae, unet = enhancer.vae, enhancer.unet
@@ -80,7 +72,6 @@ def plain_sd_turbo(enhancer, x: torch.Tensor) -> torch.Tensor:
     z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
     eps = unet(z, torch.full((len(x),), 999), encoder_hidden_states=enhancer.prompt_embedding).sample
     return vae.decode(((z - (1 - a).sqrt() * eps) / a.sqrt()) / vae.config.scaling_factor).sample.clamp(-1, 1)
-
 
 def test_without_unet_only_the_decoder_lora_and_skips_train(tiny_model_dir):
     enhancer = elite.build_enhancer(smoke_config(use_unet=False), CPU, torch.float32, str(tiny_model_dir))
@@ -90,14 +81,12 @@ def test_without_unet_only_the_decoder_lora_and_skips_train(tiny_model_dir):
         latent, taps = elite.encode_with_taps(enhancer.vae, images(0))
         assert torch.equal(enhancer(images(0)), enhancer.decode(latent, taps))
 
-
 def test_without_skips_there_are_no_skip_convs_and_the_output_is_plain_sd_turbo(tiny_model_dir):
     enhancer = elite.build_enhancer(smoke_config(skip_connections=False), CPU, torch.float32, str(tiny_model_dir))
     assert enhancer.skip_convs is None and not any(n.startswith("skip") for n, _ in enhancer.named_parameters())
     assert elite.parameter_report(enhancer)["groups"]["skip_convs"] == 0
     with torch.no_grad():
         assert torch.allclose(enhancer(images(1)), plain_sd_turbo(enhancer, images(1)), atol=1e-5)
-
 
 def test_untrained_enhancer_is_plain_sd_turbo_within_the_skip_contribution(tiny_enhancer):
     x, vae = images(3, size=64), tiny_enhancer.vae
@@ -112,7 +101,6 @@ def test_untrained_enhancer_is_plain_sd_turbo_within_the_skip_contribution(tiny_
     assert torch.allclose(without_skips, plain, atol=1e-5)
     assert 0 < (with_skips - plain).abs().max() < 0.05
 
-
 def test_merged_lora_gives_the_same_output_and_puts_the_weights_back_exactly(tiny_enhancer):
     randomize_lora_b(tiny_enhancer, std=0.02)
     x, before = images(5), {name: t.clone() for name, t in tiny_enhancer.state_dict().items()}
@@ -125,7 +113,6 @@ def test_merged_lora_gives_the_same_output_and_puts_the_weights_back_exactly(tin
     assert (merged - unmerged).abs().max() < 1e-5
     assert all(torch.equal(t, before[n]) for n, t in tiny_enhancer.state_dict().items())  # bit for bit
     assert not any(m.merged for m in tiny_enhancer.modules() if isinstance(m, BaseTunerLayer))
-
 
 def test_gradients_reach_every_trainable_tensor_only_and_checkpointing_keeps_them(tiny_enhancer, monkeypatch):
     randomize_lora_b(tiny_enhancer, std=1e-3)
@@ -144,7 +131,6 @@ def test_gradients_reach_every_trainable_tensor_only_and_checkpointing_keeps_the
     for name, grad in grads[0].items():
         assert grad.abs().sum() > 0 and torch.allclose(grad, grads[1][name], rtol=1e-5, atol=1e-8), name
 
-
 def test_parameter_report_adds_up(tiny_enhancer):
     report, params = elite.parameter_report(tiny_enhancer), dict(tiny_enhancer.named_parameters())
     assert report["trainable_params"] == sum(report["groups"].values())
@@ -153,7 +139,6 @@ def test_parameter_report_adds_up(tiny_enhancer):
     for group, prefix in (("unet_lora", "unet."), ("vae_decoder_lora", "vae."), ("unet_conv_in", "unet.conv_in.")):
         assert report["groups"][group] == sum(p.numel() for n, p in params.items() if n.startswith(prefix)
                                               and ("lora_" in n) == (group != "unet_conv_in"))
-
 
 @pytest.mark.slow
 def test_real_architecture_lora_sits_on_the_pix2pix_turbo_targets(real_enhancer):

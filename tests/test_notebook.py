@@ -1,0 +1,198 @@
+"""The notebook itself: a smoke run end to end in one shared kernel, coming back to a run (again, changed, stopped),
+refusals before anything is written, real pairs, and how the notebook is committed and shaped."""
+import ast
+import dataclasses
+import glob
+import importlib.metadata
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+from PIL import ImageFilter
+
+from notebook_library import NOTEBOOK, cell_sources, checkpoint_weights, elite, smoke_config, smoke_environ
+
+CODE = [source for kind, source in cell_sources() if kind == "code"]
+EXPORTS = [source for source in CODE if source.startswith("#| export")]
+PAIRED = {f"enhanced_vs_{side}" for side in ("degraded", "zero_shot", "vae_ceiling")}
+REMEMBER_MODEL = "import weakref\n_previous = weakref.ref(enhancer)"
+PARAMETERS_CELL = "# @title Check the settings and open the run"
+
+def snapshot(folder) -> dict:
+    """Every path under `folder`, with its modification time and size."""
+    return {str(path.relative_to(folder)): (path.stat().st_mtime_ns, path.stat().st_size)
+            for path in sorted(folder.rglob("*"))}
+
+def copy_of(finished_run, tmp_path, name: str):
+    shutil.copytree(finished_run[0], tmp_path / name)
+    return tmp_path / name
+
+def log_rows(run_dir) -> list[dict]:
+    return elite.read_log(run_dir / "training_log.csv")
+
+def equal_weights(a, b) -> bool:
+    x, y = checkpoint_weights(a), checkpoint_weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[name], y[name]) for name in x)
+
+def test_smoke_run_writes_every_file_and_the_metrics_contract(finished_run, notebook_kernel):
+    run_dir, _ = finished_run
+    for name in ("run.json", "data/images.npy", "data/manifest.json", "baselines.pt", "metrics.json",
+                 "comparisons/degradation_families.png", "comparisons/step_000000.png",
+                 "comparisons/per_family_lpips_alex.png", "adapter/adapter.safetensors", "adapter/adapter.json",
+                 "example_input.png", "example_enhanced.png", "results.zip"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["step_000002.pt", "step_000004.pt"]
+    with open(run_dir / "training_log.csv") as handle:
+        assert handle.readline().strip().split(",") == list(elite.LOG_FIELDS)
+    rows = log_rows(run_dir)
+    assert [int(row["step"]) for row in rows] == [0, 1, 2, 3, 4] and rows[-1]["total"] == "" != rows[-1]["val_lpips"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    n = len(metrics["per_image"])
+    assert metrics["mode"] == "smoke" and n >= 2 and len(list(run_dir.glob("comparisons/example_*.png"))) == n
+    for metric in ("lpips_alex", "lpips_vgg", "psnr"):
+        assert set(metrics[metric]) >= {"degraded", "enhanced", "zero_shot", "vae_ceiling"}
+        for summary in metrics[metric].values():
+            assert set(summary) >= {"mean", "std", "n", "ci95"} and summary["n"] == n
+        assert set(metrics["paired"][metric]) == PAIRED
+        for gain in metrics["paired"][metric].values():
+            assert gain["n"] == n and 0 <= gain["better"] <= n and 0 <= gain["p_holm"] <= 1 and len(gain["ci95"]) == 2
+    psnr = {side: [image[f"psnr_{side}"] for image in metrics["per_image"]] for side in ("degraded", "enhanced")}
+    gains = [e - d for d, e in zip(psnr["degraded"], psnr["enhanced"])]  # an independent paired gain
+    assert metrics["psnr"]["enhanced"]["mean"] == pytest.approx(sum(psnr["enhanced"]) / n, abs=1e-4)
+    assert metrics["paired"]["psnr"]["enhanced_vs_degraded"]["mean"] == pytest.approx(sum(gains) / n, abs=1e-4)
+    assert metrics["paired"]["psnr"]["enhanced_vs_degraded"]["better"] == sum(gain > 0 for gain in gains)
+    assert metrics["per_degradation"] and set(metrics["per_degradation"]) <= set(elite.DEGRADATION_FAMILIES)
+    assert metrics["single_family"] and set(metrics["single_family"]) <= set(elite.DEGRADATION_FAMILIES)
+    assert set(metrics["inference"]) >= {"ms_per_image", "batch_size", "dtype", "device"}
+    training = metrics["training"]
+    assert set(training) >= {"steps", "batch_size", "seconds_per_step", "peak_vram_gib"}
+    assert (training["steps"], training["batch_size"], training["peak_vram_gib"]) == (4, 2, 0.0)
+    assert set(metrics["config"]) == {field.name for field in dataclasses.fields(elite.Config)}
+    assert metrics["environment"]["packages"]["torch"] == importlib.metadata.version("torch") and metrics["created"]
+    assert json.loads((run_dir / "run.json").read_text())["history"] == []
+    assert not (notebook_kernel.workdir / "results").exists() and not list(run_dir.rglob("*.partial"))
+
+def test_run_all_again_trains_nothing_and_changes_nothing_it_measured(notebook_kernel, finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path, "again")
+    before = snapshot(run_dir)
+    notebook_kernel.evaluate(REMEMBER_MODEL)  # the finished run's model, still in the kernel
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir), probes={
+        PARAMETERS_CELL: "print('previous model alive:', _previous() is not None)"})
+    assert finished and "Nothing to train" in text, text[-3000:]
+    after = snapshot(run_dir)
+    for name in ("metrics.json", "training_log.csv", "run.json", "checkpoints/step_000002.pt",
+                 "checkpoints/step_000004.pt", "baselines.pt", "data/manifest.json"):
+        assert after[name] == before[name], name
+    assert (run_dir / "metrics.json").read_bytes() == (finished_run[0] / "metrics.json").read_bytes()
+    assert "previous model alive: False" in text  # released before the next one is built (DESIGN)
+
+@pytest.mark.parametrize("overrides, form, message", [
+    ({"seed": 1}, {}, "seed: 0 -> 1"), ({}, {"resume": False}, "resume is off")])
+def test_a_changed_run_is_refused_before_anything_is_written(notebook_kernel, finished_run, tmp_path, overrides,
+                                                             form, message):
+    run_dir = copy_of(finished_run, tmp_path, "changed")
+    before = snapshot(run_dir)
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir, **overrides), form=form)
+    assert not finished and message in text and "Nothing was written" in text, text[-2000:]
+    assert snapshot(run_dir) == before
+
+@pytest.mark.slow  # a stopped run and its resumed run
+def test_stop_then_run_all_ends_with_the_weights_of_a_run_that_never_stopped(notebook_kernel, finished_run,
+                                                                            tmp_path):
+    run_dir, step_cell = tmp_path / "stopped", next(source for source in EXPORTS if "def train_step(" in source)
+    slow_steps = {step_cell[:step_cell.index("def train_step(") + 15]: (  # a second a step: time to press Stop
+        "_train_step = train_step\ndef train_step(*args, **kwargs):\n    time.sleep(1)\n"
+        "    return _train_step(*args, **kwargs)")}
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(text=notebook_kernel.run_all(
+        smoke_environ(run_dir), probes=slow_steps)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "step_000002.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    notebook_kernel.interrupt()  # Colab's Stop button
+    thread.join(300)
+    finished, text = result["text"]
+    assert not finished and "continues from step_000002.pt" in text, text[-3000:]
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir))
+    assert finished and "Resuming from step 2" in text, text[-3000:]
+    assert equal_weights(finished_run[0] / "checkpoints" / "step_000004.pt", run_dir / "checkpoints" / "step_000004.pt")
+    assert [int(row["step"]) for row in log_rows(run_dir)] == [0, 1, 2, 3, 4]
+
+def test_a_new_learning_rate_applies_from_the_resume_step_and_is_recorded(notebook_kernel, finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path, "new_rate")
+    rows_before = log_rows(run_dir)
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir, train_steps=6, learning_rate=5e-5))
+    assert finished and "From step 4 on: learning_rate 0.0001 -> 5e-05" in text, text[-3000:]
+    rows, changed = log_rows(run_dir), smoke_config(train_steps=6, learning_rate=5e-5)
+    assert rows[:4] == rows_before[:4] and [int(row["step"]) for row in rows] == [0, 1, 2, 3, 4, 5, 6]
+    for row in rows[4:6]:
+        assert float(row["lr"]) == pytest.approx(5e-5 * elite.lr_factor(int(row["step"]), changed), rel=1e-12)
+    history = [{"step": 4, "field": "train_steps", "old": 4, "new": 6},
+               {"step": 4, "field": "learning_rate", "old": 1e-4, "new": 5e-5}]
+    assert json.loads((run_dir / "run.json").read_text())["history"] == history
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 6 and metrics["config"]["learning_rate"] == 5e-5
+
+def test_bad_values_and_a_missing_dataset_are_refused_in_the_parameters_cell(notebook_kernel, tmp_path):
+    for index, (overrides, message) in enumerate([({"resolution": 65}, "resolution=65: a multiple of 8"), (
+            {"dataset": str(tmp_path / "no_such_folder")}, "is not a folder")]):
+        run_dir = tmp_path / f"bad_{index}"
+        finished, text = notebook_kernel.run_all(smoke_environ(run_dir, **overrides))
+        assert not finished and message in text and "mode=smoke | run directory" not in text, text[-2000:]
+        assert not run_dir.exists()
+
+@pytest.mark.slow
+def test_a_smoke_run_on_real_pairs_trains_and_evaluates_the_real_family(notebook_kernel, tmp_path):
+    for index in range(16):
+        clean = elite.synthetic_face(random.Random(index), 80)
+        for side, image in (("clean", clean), ("degraded", clean.filter(ImageFilter.GaussianBlur(2)))):
+            (tmp_path / "pairs" / side).mkdir(parents=True, exist_ok=True)
+            image.save(tmp_path / "pairs" / side / f"face_{index:02d}.png")
+    run_dir = tmp_path / "real"
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir, dataset=tmp_path / "pairs"))
+    assert finished, text[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["per_degradation"]) == ["real"] and metrics["training"]["steps"] == 4
+    assert (run_dir / "data" / "degraded.npy").is_file()
+
+def test_the_notebook_is_committed_clean():
+    notebook = json.loads(NOTEBOOK.read_text())
+    assert all(not cell.get("outputs") and cell.get("execution_count") is None
+               for cell in notebook["cells"] if cell["cell_type"] == "code")
+
+def test_export_cells_are_pure_definitions():
+    for source in EXPORTS:
+        assert not [line for line in source.splitlines() if line.lstrip().startswith(("!", "%"))]
+        tree = ast.parse(source)
+        for node in tree.body:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+            names = [name for target in targets for name in ast.walk(target) if isinstance(name, ast.Name)]
+            assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)) or (
+                isinstance(node, (ast.Assign, ast.AnnAssign)) and names
+                and all(re.fullmatch(r"[A-Z][A-Za-z0-9_]*", name.id) for name in names)), ast.unparse(node)[:80]
+        assert not [node for node in ast.walk(tree) if isinstance(node, ast.ExceptHandler) and node.type is None]
+        assert not [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute) and node.func.attr == "cuda"]
+
+REMOVED_MODULES = {"distutils", "imp", "asyncore", "asynchat", "smtpd", "aifc", "audioop", "cgi", "cgitb", "chunk",
+                   "crypt", "imghdr", "mailcap", "msilib", "nis", "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd",
+                   "sunau", "telnetlib", "uu", "xdrlib", "lib2to3"}  # removed in Python 3.12 and 3.13
+
+def test_every_code_cell_parses_and_uses_nothing_python_313_removed():
+    for source in CODE:
+        imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                    for alias in node.names} | {node.module for node in ast.walk(ast.parse(source))
+                                                if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {name.split(".")[0] for name in imported} & REMOVED_MODULES
+    for python in glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")):  # where there is one
+        check = subprocess.run([python, "-c", "import ast, json, sys\nfor s in json.load(sys.stdin): ast.parse(s)"],
+                               input=json.dumps(CODE), capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr[-2000:]
