@@ -152,3 +152,20 @@ def test_write_metrics_keeps_a_finished_runs_file_and_rewrites_it_otherwise(tmp_
                     again | {"training": {"steps": 4, "trained_this_session": 1}}):
         assert elite.write_metrics(path, changed) == changed and json.loads(path.read_text()) == changed
         path.write_text(json.dumps(first))
+
+def test_compare_runs_pairs_images_adjusts_over_all_and_leaves_out_another_test_set(tmp_path, capsys):
+    rows = [{"row": i, **{f"{m}_enhanced": v for m, v in zip(elite.METRICS, values)}}
+            for i, values in enumerate([(0.2, 0.3, 25.0, 0.8), (0.3, 0.4, 24.0, 0.7), (0.25, 0.2, 26.0, 0.9)])]
+    mine = {"test_set": {"seed": 0, "rows_sha256": "a"}, "per_image": rows}
+    worse = [{k: v + (0.05 if "lpips" in k else -1.0) if k != "row" else v for k, v in row.items()} for row in rows]
+    for name, test_set in (("other", {"seed": 0, "rows_sha256": "a"}), ("seed1", {"seed": 1, "rows_sha256": "b"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"test_set": test_set, "per_image": worse}))
+    report = elite.compare_runs(mine, "other, seed1", tmp_path / "this")
+    assert list(report) == ["other"] and "seed: 1 -> 0" in capsys.readouterr().out
+    gains = report["other"]
+    assert gains["lpips_alex"]["mean"] == pytest.approx(0.05) and gains["psnr"]["mean"] == pytest.approx(1.0)
+    assert gains["lpips_alex"]["better"] == 3 and gains["lpips_alex"]["n"] == 3
+    p = [elite.paired_gain(torch.tensor([r[f"{m}_enhanced"] for r in rows]),
+                           torch.tensor([r[f"{m}_enhanced"] for r in worse]), m)["p"] for m in elite.METRICS]
+    assert [gains[m]["p_holm"] for m in elite.METRICS] == pytest.approx(elite.holm(p))
