@@ -23,8 +23,9 @@ def tiny_enhancer(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def real_enhancer():
-    """SD-Turbo's real architecture with random weights, fp32 on the CPU."""
-    return elite.build_enhancer(elite.Config(resolution=64), torch.device("cpu"), torch.float32, source=None)
+    """SD-Turbo's real architecture on the meta device (shapes, no memory): for its modules and parameter sets."""
+    with torch.device("meta"):
+        return elite.build_enhancer(elite.Config(resolution=64), torch.device("meta"), torch.float32, source=None)
 
 @pytest.fixture(scope="session")
 def notebook_kernel(tmp_path_factory):

@@ -5,6 +5,7 @@ this process capped at 15 GiB. Batch 1 and 2; the work of a step is counted on P
 23.9 TFLOP at 512², batch 2). Without a GPU it prints only the FLOP count. Prints a Markdown table. Usage:
     HF_HUB_OFFLINE=1 python tests/gpu_check.py [--resolution 512] [--steps 12]"""
 import argparse
+import dataclasses
 import gc
 import statistics
 import sys
@@ -26,13 +27,18 @@ def measured_config(resolution: int, batch: int) -> elite.Config:
     """Defaults with Gram on from step 0 (the late-training step; the term is computed from step 0 anyway)."""
     return elite.Config(resolution=resolution, batch_size=batch, gram_start_step=0)
 
-def count_training_tflop(config: elite.Config) -> float:
-    """TFLOP of one optimizer step of the real enhancer (forward, loss, backward, checkpoint recomputation),
-    counted on the meta device: shapes only, no memory or arithmetic, so it runs on any machine."""
+def meta_model(config: elite.Config) -> tuple:
+    """The real enhancer and its loss on the meta device: shapes only, no memory or arithmetic."""
     meta = torch.device("meta")
     with meta:
         enhancer = elite.build_enhancer(config, meta, torch.float32, source=None)
-        loss_fn = elite.EnhancerLoss(config, pretrained_backbone=False).to(meta)  # lpips makes CPU buffers
+        return enhancer, elite.EnhancerLoss(config, pretrained_backbone=False).to(meta)  # lpips makes CPU buffers
+
+def count_training_tflop(config: elite.Config, model: tuple | None = None) -> float:
+    """TFLOP of one optimizer step of the real enhancer (forward, loss, backward, checkpoint recomputation),
+    counted on the meta device, so it runs on any machine; `model` (from meta_model) if built already."""
+    enhancer, loss_fn = model or meta_model(config)
+    meta = torch.device("meta")
     images = torch.zeros(config.batch_size, 3, config.resolution, config.resolution, device=meta)
     with FlopCounterMode(display=False) as counter:
         loss_fn(enhancer(images), images, config.gram_start_step)["total"].backward()
@@ -88,6 +94,9 @@ def main(resolution: int, steps: int) -> None:
         tflop[batch] = count_training_tflop(measured_config(resolution, batch))
         print(f"one training step at {resolution}², batch {batch}: {tflop[batch]:.2f} TFLOP (meta device)"
               + (f"; published: {PUBLISHED_TFLOP}" if (resolution, batch) == (512, 2) else ""), flush=True)
+    for ablation in ({"use_unet": False}, {"skip_connections": False}):  # t = 199 and Gram 0 do the same work
+        config = dataclasses.replace(measured_config(resolution, BATCHES[-1]), **ablation)
+        print(f"  the ablation {ablation}: {count_training_tflop(config):.2f} TFLOP", flush=True)
     if not torch.cuda.is_available():
         sys.exit("No CUDA GPU: the FLOP count above is all this machine can measure.")
     device = torch.device("cuda", torch.cuda.current_device())

@@ -150,6 +150,33 @@ def test_bad_values_and_a_missing_dataset_are_refused_in_the_parameters_cell(not
         assert not run_dir.exists()
 
 @pytest.mark.slow
+def test_ablations_are_compared_image_by_image_and_a_run_with_another_seed_is_left_out(notebook_kernel, finished_run,
+                                                                                       tmp_path):
+    copy_of(finished_run, tmp_path, "default")
+    quick = dict(train_steps=1, single_family_probe=False)  # the comparison needs their test images, not quality
+    for name, changes in (("seed1", {"seed": 1}), ("nounet", {"use_unet": False}), (
+            "noskips", {"skip_connections": False, "compare_runs": "default, nounet, seed1"})):
+        finished, text = notebook_kernel.run_all(smoke_environ(tmp_path / name, **quick, **changes))
+        assert finished, text[-3000:]
+    assert "seed1 is left out: its test set differs (seed: 1 -> 0;" in text, text[-3000:]
+    comparison = json.loads((tmp_path / "noskips" / "comparison.json").read_text())
+    assert list(comparison) == ["default", "nounet"]
+    mine = json.loads((tmp_path / "noskips" / "metrics.json").read_text())["per_image"]
+    p_values = []
+    for name in comparison:
+        theirs = json.loads((tmp_path / name / "metrics.json").read_text())["per_image"]
+        assert [row["row"] for row in theirs] == [row["row"] for row in mine]  # the same test images
+        for metric in elite.METRICS:
+            sign = 1 if elite.HIGHER_IS_BETTER[metric] else -1  # positive: this run better
+            gains = [sign * (a[f"{metric}_enhanced"] - b[f"{metric}_enhanced"]) for a, b in zip(mine, theirs)]
+            result = comparison[name][metric]
+            assert set(result) == {"mean", "ci95", "p_holm", "n", "better"} and result["n"] == len(gains)
+            assert result["mean"] == pytest.approx(sum(gains) / len(gains), abs=1e-9)
+            assert result["better"] == sum(gain > 0 for gain in gains)
+            p_values.append(result["p_holm"])
+    assert all(0 <= p <= 1 for p in p_values) and len(p_values) == 2 * len(elite.METRICS)
+
+@pytest.mark.slow
 def test_a_smoke_run_on_real_pairs_trains_and_evaluates_the_real_family(notebook_kernel, tmp_path):
     for index in range(16):
         clean = elite.synthetic_face(random.Random(index), 80)
