@@ -111,8 +111,9 @@ def test_stop_then_run_all_ends_with_the_weights_of_a_run_that_never_stopped(not
         "_train_step = train_step\ndef train_step(*args, **kwargs):\n    time.sleep(1)\n"
         "    return _train_step(*args, **kwargs)")}
     result = {}
+    quick = dict(single_family_probe=False)  # a free setting: the weights are what is compared
     thread = threading.Thread(target=lambda: result.update(text=notebook_kernel.run_all(
-        smoke_environ(run_dir), probes=slow_steps)), daemon=True)
+        smoke_environ(run_dir, **quick), probes=slow_steps)), daemon=True)
     thread.start()
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "step_000002.pt").exists() and time.monotonic() < deadline:
@@ -121,7 +122,7 @@ def test_stop_then_run_all_ends_with_the_weights_of_a_run_that_never_stopped(not
     thread.join(300)
     finished, text = result["text"]
     assert not finished and "continues from step_000002.pt" in text, text[-3000:]
-    finished, text = notebook_kernel.run_all(smoke_environ(run_dir))
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir, **quick))
     assert finished and "Resuming from step 2" in text, text[-3000:]
     assert equal_weights(finished_run[0] / "checkpoints" / "step_000004.pt", run_dir / "checkpoints" / "step_000004.pt")
     assert [int(row["step"]) for row in log_rows(run_dir)] == [0, 1, 2, 3, 4]
@@ -129,7 +130,8 @@ def test_stop_then_run_all_ends_with_the_weights_of_a_run_that_never_stopped(not
 def test_a_new_learning_rate_applies_from_the_resume_step_and_is_recorded(notebook_kernel, finished_run, tmp_path):
     run_dir = copy_of(finished_run, tmp_path, "new_rate")
     rows_before = log_rows(run_dir)
-    finished, text = notebook_kernel.run_all(smoke_environ(run_dir, train_steps=6, learning_rate=5e-5))
+    finished, text = notebook_kernel.run_all(smoke_environ(run_dir, train_steps=6, learning_rate=5e-5,
+                                                           single_family_probe=False))  # free: a quicker run
     assert finished and "From step 4 on: learning_rate 0.0001 -> 5e-05" in text, text[-3000:]
     rows, changed = log_rows(run_dir), smoke_config(train_steps=6, learning_rate=5e-5)
     assert rows[:4] == rows_before[:4] and [int(row["step"]) for row in rows] == [0, 1, 2, 3, 4, 5, 6]
