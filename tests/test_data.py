@@ -1,4 +1,4 @@
-"""The data: CelebA-HQ-schema parquet, the balanced split subset and its cache, awkward images, dataset folders."""
+"""The data: CelebA-HQ-schema parquet, the shuffled split subset and its cache, awkward images, dataset folders."""
 import collections
 import io
 import math
@@ -128,7 +128,7 @@ def test_real_pairs_from_folders_matched_by_stem_and_from_parquet(tmp_path, caps
     manifest = (subset := elite.build_subset(smoke_config(num_images=11), str(clean.parent), tmp_path)).manifest
     assert subset.degraded.shape == subset.images.shape == (10, 64, 64, 3) and manifest["layout"] == "pairs"
     assert manifest["read"] == {"upscaled": 10, "degraded and clean aspect ratios differ": 1}
-    assert "2 stem(s) in only one of ('degraded', 'clean'), not used: ['capture_only', 'render_only']" in \
+    assert "2 stem(s) in only one of degraded/ and clean/, not used: ['capture_only', 'render_only']" in \
         capsys.readouterr().out
     assert sorted(row["stem"] for row in manifest["rows"]) == [f"frame_{k}" for k in range(10)]
     difference = np.abs(subset.images[:, None].astype(float) - subset.degraded[None]).mean(axis=(2, 3, 4))
