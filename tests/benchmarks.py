@@ -43,7 +43,7 @@ def subset_speed() -> None:
         source, run_dir = Path(folder) / "parquet", Path(folder) / "run"
         config = smoke_config(num_images=IMAGES, resolution=RESOLUTION, dataset=str(source))  # validates itself
         elite.write_synthetic_celeba(source, IMAGES, 2 * RESOLUTION, config.seed)  # before timing, as the Hub's file
-        for label in ("build the subset (stream, balance, decode, resize, cache)", "load the cached subset"):
+        for label in ("build the subset (stream, shuffle, decode, resize, cache)", "load the cached subset"):
             started = time.perf_counter()
             images = elite.prepare_data(config, run_dir).images
             print(f"{label}: {time.perf_counter() - started:.2f} s for {len(images)} images at {RESOLUTION}²")
