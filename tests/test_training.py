@@ -5,6 +5,7 @@ import json
 import math
 import random
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -183,6 +184,15 @@ def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
     assert result["total"] == 0 and result["skipped"] and result["nonfinite"]
     assert torch.equal(model.skip_convs.weight, before) and model.skip_convs.weight.grad is None
     assert not optimizer.state  # Adam never stepped
+
+def test_the_time_estimate_counts_the_remaining_steps_and_every_evaluation_image():
+    pairs = types.SimpleNamespace(test_rows=[{}] * 30, probe_families=list(elite.DEGRADATION_FAMILIES))
+    config = smoke_config(train_steps=400, batch_size=2)
+    # median 3 s: 389 steps left -> 19.45 min; 30 x (3 + 2 x 10) = 690 images at 3 s / (4 x 2) -> 4.3 min
+    assert elite.time_estimate([2.0, 4.0, 3.0], 11, pairs, config) == (
+        "3.00 s/step (median of 3): about 19 min of training to go, then about 4 min of evaluation (690 images)")
+    without_probe = elite.time_estimate([3.0], 11, pairs, smoke_config(train_steps=400, single_family_probe=False))
+    assert without_probe.endswith("about 1 min of evaluation (90 images)")  # 90 x 3 s / 8 = 34 s: 0.56 min
 
 def test_out_of_memory_becomes_advice_naming_batch_size_and_resolution():
     with pytest.raises(RuntimeError, match=r"out of memory at 64² with batch_size=3.*Lower batch_size.*resolution"), \
