@@ -42,7 +42,7 @@ def count_training_tflop(config: elite.Config, model: tuple | None = None) -> fl
     images = torch.zeros(config.batch_size, 3, config.resolution, config.resolution, device=meta)
     with FlopCounterMode(display=False) as counter:
         loss_fn(enhancer(images), images, config.gram_start_step)["total"].backward()
-    return counter.get_total_flops() * config.gradient_accumulation_steps / 1e12
+    return counter.get_total_flops() / 1e12
 
 def t4_code_paths(device: torch.device) -> torch.dtype:
     """A T4's code paths on this GPU: flash attention off for the whole process and memory capped at 15 GiB; the
@@ -70,7 +70,7 @@ def training_figures(config: elite.Config, device: torch.device, dtype: torch.dt
         degraded, clean = (torch.rand(shape, generator=generator, device=device) * 2 - 1 for _ in range(2))
         torch.cuda.synchronize(device)
         started = time.perf_counter()
-        elite.train_step(enhancer, loss_fn, optimizer, scaler, [(degraded, clean)], step, config, dtype)
+        elite.train_step(enhancer, loss_fn, optimizer, scaler, degraded, clean, step, config, dtype)
         torch.cuda.synchronize(device)
         durations.append(time.perf_counter() - started)
     figures = {"s_per_step": statistics.median(durations[WARMUP_STEPS:]),

@@ -40,7 +40,7 @@ def test_wrong_types_are_named():
     ({"noise_strength": (0.5, 1.5)}, "noise_strength=(0.5, 1.5)"), ({"jpeg_strength": (-0.1, 0.5)}, "jpeg_strength"),
     ({"learning_rate": float("nan")}, "learning_rate=nan"), ({"learning_rate": 1.0}, "learning_rate=1.0"),
     ({"timestep": 1000}, "timestep=1000"), ({"family_probability": 1.5}, "family_probability=1.5"),
-    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps=0")])
+    ({"keep_checkpoints": 0}, "keep_checkpoints=0")])
 def test_values_that_would_break_later_are_refused_now(fields, named):
     assert named in problems_of(**fields)
 

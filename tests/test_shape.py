@@ -3,7 +3,7 @@ its 1,500-line goal (issue "Half the notebook, every capability"): the bound bel
 be lowered, never raised."""
 from notebook_shape import NOTEBOOK, README, TESTS, measure
 
-CODE_LINES_NOW = 2010  # the goal is 1500
+CODE_LINES_NOW = 1962  # the goal is 1500
 
 def test_the_size_goals_hold():
     figures = measure(NOTEBOOK, TESTS, README)
