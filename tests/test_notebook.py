@@ -196,6 +196,7 @@ def test_a_smoke_run_on_real_pairs_trains_and_evaluates_the_real_family(notebook
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert list(metrics["per_degradation"]) == ["real"] and metrics["training"]["steps"] == 4
     assert (run_dir / "data" / "degraded.npy").is_file()
+    assert not (run_dir / "comparisons" / "per_family_lpips_alex.png").exists()  # no probe: one family only
 
 def test_the_notebook_is_committed_clean():
     notebook = json.loads(NOTEBOOK.read_text())
