@@ -24,8 +24,9 @@ def tiny_enhancer(tiny_model_dir):
 @pytest.fixture(scope="session")
 def real_enhancer():
     """SD-Turbo's real architecture on the meta device (shapes, no memory): for its modules and parameter sets."""
+    from gpu_check import random_enhancer
     with torch.device("meta"):
-        return elite.build_enhancer(elite.Config(resolution=64), torch.device("meta"), torch.float32, source=None)
+        return random_enhancer(elite.Config(resolution=64), torch.device("meta"), torch.float32)
 
 @pytest.fixture(scope="session")
 def notebook_kernel(tmp_path_factory):

@@ -1,4 +1,5 @@
-"""Config checks, ELITE_* overrides and their precedence, the form cell, where runs live, and the no-GPU stop."""
+"""Config checks, ELITE_* overrides and their precedence, the form cell, where runs live (Drive asked for before
+anything is installed), and the no-GPU stop."""
 import ast
 import dataclasses
 import json
@@ -25,8 +26,8 @@ def test_every_problem_is_named_at_once():
     assert message.count("\n- ") == 6
 
 def test_wrong_types_are_named():
-    message = problems_of(train_steps="100", resume=1, blur_strength=(0.1,), seed=1.0)
-    assert all(f"{named}: expected" in message for named in ("train_steps='100'", "resume=1", "seed=1.0",
+    message = problems_of(train_steps="100", use_unet=1, blur_strength=(0.1,), seed=1.0)
+    assert all(f"{named}: expected" in message for named in ("train_steps='100'", "use_unet=1", "seed=1.0",
                                                               "blur_strength=(0.1,)"))
     assert elite.Config(grad_clip=1).grad_clip == 1  # an int is a fine float
 
@@ -40,7 +41,7 @@ def test_wrong_types_are_named():
     ({"noise_strength": (0.5, 1.5)}, "noise_strength=(0.5, 1.5)"), ({"jpeg_strength": (-0.1, 0.5)}, "jpeg_strength"),
     ({"learning_rate": float("nan")}, "learning_rate=nan"), ({"learning_rate": 1.0}, "learning_rate=1.0"),
     ({"timestep": 1000}, "timestep=1000"), ({"family_probability": 1.5}, "family_probability=1.5"),
-    ({"keep_checkpoints": 0}, "keep_checkpoints=0")])
+    ({"keep_checkpoints": 0}, "keep_checkpoints=0"), ({"train_seed": -2}, "train_seed=-2")])
 def test_values_that_would_break_later_are_refused_now(fields, named):
     assert named in problems_of(**fields)
 
@@ -51,18 +52,18 @@ def test_the_smoke_preset_is_valid_and_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1
 
-def test_overrides_parse_to_the_field_types():
-    environ = {"ELITE_TRAIN_STEPS": "8", "ELITE_LEARNING_RATE": "3e-5", "ELITE_RESUME": "off",
-               "ELITE_USE_UNET": "No", "ELITE_SKIP_CONNECTIONS": "yes", "ELITE_LOCAL_DISK": "1",
-               "ELITE_RUN_DIR": "/d", "ELITE_BLUR_STRENGTH": "0.2,0.8", "PATH": "/bin"}
+def test_overrides_are_python_literals_of_the_field_types():
+    environ = {"ELITE_TRAIN_STEPS": "8", "ELITE_LEARNING_RATE": "3e-5", "ELITE_USE_UNET": "False",
+               "ELITE_SKIP_CONNECTIONS": "True", "ELITE_RUN_DIR": "/d", "ELITE_RUN_NAME": "8",
+               "ELITE_BLUR_STRENGTH": "0.2,0.8", "PATH": "/bin"}
     config, overrides = elite.build_config({}, environ)
-    assert overrides == {"train_steps": 8, "learning_rate": 3e-5, "resume": False, "use_unet": False, "run_dir": "/d",
-                         "skip_connections": True, "local_disk": True, "blur_strength": (0.2, 0.8)}
+    assert overrides == {"train_steps": 8, "learning_rate": 3e-5, "use_unet": False, "run_dir": "/d",
+                         "skip_connections": True, "run_name": "8", "blur_strength": (0.2, 0.8)}
     assert all(type(getattr(config, name)) is type(DEFAULTS[name]) for name in overrides)
-    assert elite.parse_field("TRUE", False, "ELITE_RESUME") is True and elite.parse_field("7", 1.0, "X") == 7.0
+    assert elite.parse_field("7", 1.0, "X") == 7  # an int stands for a float
 
 @pytest.mark.parametrize("name, text", [("ELITE_TRAIN_STEPS", "many"), ("ELITE_TRAIN_STEPS", "8.5"),
-                                        ("ELITE_RESUME", "maybe"), ("ELITE_BLUR_STRENGTH", "0.5"),
+                                        ("ELITE_USE_UNET", "yes"), ("ELITE_BLUR_STRENGTH", "0.5"),
                                         ("ELITE_BLUR_STRENGTH", "0.1,0.2,0.3"), ("ELITE_LEARNING_RATE", "fast")])
 def test_a_bad_override_names_the_variable(name, text):
     with pytest.raises(ValueError, match=f"{name}={text!r}"):
@@ -91,19 +92,21 @@ def test_the_form_cell_assigns_exactly_the_form_fields_with_the_config_defaults(
         name: DEFAULTS[name] for name in elite.FORM_FIELDS}
     assert "parameters" in cell["metadata"].get("tags", [])
 
-def test_runs_root_with_a_faked_drive_mount(tmp_path, monkeypatch):
+def test_colab_checks_the_gpu_then_mounts_drive_and_a_failed_mount_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mount = Mock(side_effect=OSError("mount failed: timeout"))
-    with pytest.raises(RuntimeError, match=r"(?s)timeout.*Nothing was written.*local_disk"):
-        elite.runs_root(elite.Config(), True, mount)
+    with pytest.raises(RuntimeError, match=r"timeout.*Nothing was written. Tick local_disk in the form \(section 1\) "
+                                           r"and Run all again, or run this cell again and allow access"):
+        elite.colab_runs_root("full", False, True, mount)
     mount.assert_called_once_with("/content/drive")
-    assert list(tmp_path.iterdir()) == []
-    assert elite.runs_root(elite.Config(), True, mounted := Mock()) == elite.DRIVE_RUNS and mounted.called
     mount.reset_mock()
+    with pytest.raises(RuntimeError, match="T4 GPU"):  # no GPU: stopped before Drive's consent is asked for
+        elite.colab_runs_root("full", False, False, mount)
+    assert elite.colab_runs_root("smoke", False, False, mounted := Mock()) == elite.DRIVE_RUNS and mounted.called
     with pytest.warns(UserWarning, match="local_disk"):
-        assert elite.runs_root(elite.Config(local_disk=True), True, mount) == Path("/content/runs")
-    assert elite.runs_root(elite.Config(), False, mount) == Path("runs")
+        assert elite.colab_runs_root("full", True, True, mount) == Path("/content/runs")
     mount.assert_not_called()
+    assert list(tmp_path.iterdir()) == []
 
 def test_a_full_run_on_a_cpu_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)T4 GPU.*smoke"):

@@ -60,13 +60,18 @@ def test_the_subset_is_shuffled_reproducible_and_split_without_overlap(source, s
         assert list(row["probe"]) == (elite.enabled_families(CONFIG) if row["split"] == "test" else [])
         assert all(list(record) == [family] for family, record in row["probe"].items())
 
-def test_the_cache_is_read_back_without_streaming_again(source, tmp_path):
-    copy = shutil.copytree(source, tmp_path / "copy")
-    first = elite.prepare_data(smoke_config(dataset=str(copy)), tmp_path / "run")
-    assert (tmp_path / "run" / "data" / "images.npy").exists() and first.manifest["source"] == str(copy)
-    shutil.rmtree(copy)  # streaming again would now fail
-    second = elite.prepare_data(smoke_config(dataset=str(copy)), tmp_path / "run")
-    assert np.array_equal(second.images, first.images) and second.manifest == first.manifest
+def test_the_cache_is_read_back_and_built_again_where_drive_lost_part_of_it(source, tmp_path, capsys):
+    config = smoke_config(dataset=str(shutil.copytree(source, tmp_path / "copy")))
+    images = tmp_path / "run" / "data" / "images.npy"
+    first = elite.prepare_data(config, tmp_path / "run")
+    whole = images.read_bytes()
+    for lost in (b"", whole[:len(whole) // 2]):  # after a VM loss: the manifest reached Drive, images.npy not whole
+        images.unlink() if not lost else images.write_bytes(lost)
+        again = elite.prepare_data(config, tmp_path / "run")
+        assert "building it again" in capsys.readouterr().out and images.read_bytes() == whole
+        assert np.array_equal(again.images, first.images) and again.manifest == first.manifest
+    shutil.rmtree(tmp_path / "copy")  # streaming again would now fail
+    assert np.array_equal(elite.prepare_data(config, tmp_path / "run").images, first.images)
 
 PALETTE = Image.new("P", (80, 80), 0)
 PALETTE.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red (made transparent below), index 1 blue

@@ -1,15 +1,21 @@
-"""Metrics against formulas worked by hand, the statistics of the report, the adapter and the files of a run."""
+"""Metrics against formulas worked by hand (PSNR, SSIM, CSIM, harm outside the defect), the identity network against
+the weights file's keys, the statistics of the report, the comparison of runs, the adapter and a run's files."""
+import ast
+import hashlib
 import json
 import math
+import shutil
 import zipfile
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from notebook_library import elite, smoke_config
+from notebook_library import FIXTURES, elite, smoke_config
 
 CPU = torch.device("cpu")
 
@@ -17,15 +23,65 @@ def t_interval(values: np.ndarray) -> list[float]:
     half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))  # by hand
     return [values.mean() - half, values.mean() + half]
 
+def faces(count: int, size: int = 64) -> torch.Tensor:
+    return elite.to_model_range(np.stack([np.asarray(elite.synthetic_face(__import__("random").Random(k), size))
+                                          for k in range(count)]))  # (count, 3, size, size) in [-1, 1]
+
 def test_psnr_is_ten_log10_of_one_over_the_unit_scale_mse_and_ssim_is_one_only_for_identical_images():
     torch.manual_seed(0)
-    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    a, b = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
     mse = (((a.double() + 1) / 2 - (b.double() + 1) / 2) ** 2).mean(dim=(1, 2, 3)).numpy()
-    assert np.allclose(elite.psnr_per_image(a, b).numpy(), 10 * np.log10(1 / mse), atol=1e-4)
-    assert elite.psnr_per_image(torch.zeros(1, 3, 8, 8) + 0.2, torch.zeros(1, 3, 8, 8)).item() == pytest.approx(20)
-    per_image = elite.score({"same": a, "noisy": (a + 0.3 * b).clamp(-1, 1), "flip": a.flip(-1)}, a, {})
-    assert torch.allclose(per_image["ssim_same"], torch.ones(2), atol=1e-6)
+    per_image = elite.score({"b": b, "same": a, "noisy": (a + 0.3 * b).clamp(-1, 1), "flip": a.flip(-1)}, a, {},
+                            CPU, batch_size=2)  # batches of 2 and 1
+    assert np.allclose(per_image["psnr_b"].numpy(), 10 * np.log10(1 / mse), atol=1e-4)
+    assert torch.equal(per_image["psnr_same"], torch.full((3,), elite.PSNR_CAP))  # identical: capped, not infinite
+    assert torch.allclose(per_image["ssim_same"], torch.ones(3), atol=1e-6)
     assert torch.all(per_image["ssim_noisy"] < 0.99) and torch.all(per_image["ssim_flip"] < 0.5)
+
+def test_the_identity_network_has_every_key_and_shape_of_the_arcface_weights_file():
+    rows = [line.split("\t") for line in (FIXTURES / "arcface_ir_se50_state_dict.tsv").read_text().splitlines()[1:]]
+    with torch.device("meta"):
+        state = elite.IdentityEncoder().state_dict()
+    assert {key: (tuple(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in state.items()} == {
+        key: (ast.literal_eval(shape), dtype) for key, shape, dtype in rows} and len(rows) == 397
+
+def test_csim_embeddings_are_unit_length_of_psps_face_crop_and_a_face_against_itself_scores_1():
+    encoder, about = elite.load_identity_encoder(pretrained=False, device=CPU)
+    images = faces(3)
+    embeddings = encoder.features(images)
+    cropped = F.adaptive_avg_pool2d(F.adaptive_avg_pool2d(images, 256)[:, :, 35:223, 32:220], 112)  # pSp's
+    assert embeddings.shape == (3, 512) and torch.allclose(embeddings.norm(dim=1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(encoder(cropped), embeddings, atol=1e-6)
+    scores = elite.score({"same": images, "other": images.roll(1, 0)}, images, {"csim": encoder}, CPU)
+    assert torch.allclose(scores["csim_same"], torch.ones(3), atol=1e-5) and torch.all(scores["csim_other"] < 0.999)
+    assert torch.allclose(scores["csim_other"], (embeddings.roll(1, 0) * embeddings).sum(dim=1), atol=1e-5)
+    assert "random" in about["weights"] and "sha256" not in about
+
+def test_real_identity_weights_load_strictly_through_torchs_cache_and_their_sha256_is_recorded(tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(elite, "IR_SE50_STAGES", elite.NARROW_STAGES)  # the same path with a small network
+    with elite.seeded(7):
+        torch.save(weights := elite.IdentityEncoder(elite.NARROW_STAGES).state_dict(), release := tmp_path / "w.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, path, *_, **__: shutil.copy(release, path))
+    encoder, about = elite.load_identity_encoder(pretrained=True, device=CPU)
+    assert about["sha256"] == hashlib.sha256(release.read_bytes()).hexdigest() and about["weights"] == elite.ARCFACE_URL
+    assert all(torch.equal(value, weights[key]) for key, value in encoder.state_dict().items())
+    assert (tmp_path / "hub" / "checkpoints" / "recognition_arcface_ir_se50.pth").is_file()  # cached for next time
+
+def test_harm_outside_the_region_is_zero_for_a_model_that_changes_nothing_and_positive_for_one_that_blurs_all():
+    clean, config = faces(3), smoke_config()
+    records = [{"blur": elite.family_parameters(config, "blur", 0.8, elite.generator_for("harm", k), local=True)}
+               for k in range(3)]
+    degraded = elite.degrade_batch(clean, records)
+    assert torch.equal(elite.harm_outside(degraded, clean, records), torch.zeros(3))  # the input: untouched there
+    blurred = TF.gaussian_blur(degraded, 9, 2.0)
+    for image, target, record, harm in zip(blurred, clean, records, elite.harm_outside(blurred, clean, records)):
+        outside = elite.region_mask(record["blur"]["region"], 64, 64) == 0
+        expected = sum((image[c] - target[c]).abs()[outside].sum() for c in range(3)) / (2 * 3 * outside.sum())
+        assert 0.005 < harm.item() == pytest.approx(expected.item(), rel=1e-5)  # mean |difference| in [0, 1] units
+    everywhere = [{"noise": elite.family_parameters(config, "noise", 0.5, elite.generator_for("harm"))}]
+    assert elite.harm_outside(clean[:1], clean[:1], everywhere).isnan().all()  # no region: no outside
 
 def test_summary_is_the_mean_sample_std_and_student_t_interval():
     values = np.array([0.3, 0.1, 0.45, 0.2, 0.33, 0.27])
@@ -71,7 +127,8 @@ def per_image_example(seed: int, n: int = 8) -> dict:  # every side; enhanced = 
 def test_paired_report_adds_p_holm_over_all_its_gains():
     report = elite.paired_report(per_image_example(1), elite.METRICS, ("degraded", "zero_shot"))
     gains = [g for gains in report.values() for g in gains.values()]
-    assert len(gains) == 8 and all(set(g) == {"mean", "ci95", "n", "better", "p", "p_holm"} for g in gains)
+    assert len(gains) == 2 * len(elite.METRICS)
+    assert all(set(g) == {"mean", "ci95", "n", "better", "p", "p_holm"} for g in gains)
     assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))
 
 def test_per_family_uses_only_the_images_that_carry_each_family():
@@ -82,12 +139,18 @@ def test_per_family_uses_only_the_images_that_carry_each_family():
     assert result["blur"]["psnr"]["degraded"]["mean"] == 1.5 and result["noise"]["psnr"]["enhanced"]["mean"] == 5
     assert result["real"]["psnr"]["degraded"] == {"mean": 4.0, "std": 0.0, "n": 1, "ci95": [4.0, 4.0]}
 
-def test_single_family_adjusts_over_all_families_together():
-    probe = {family: per_image_example(k) for k, family in enumerate(("blur", "noise", "jpeg"))}
+def test_single_family_adjusts_over_all_families_together_and_summarises_the_harm_where_a_region_was():
+    harm = {"blur": [0.01, math.nan, 0.03, 0.02, 0.04, math.nan, 0.01, 0.02], "noise": [math.nan] * 8}
+    probe = {family: per_image_example(k) | {"harm_outside": torch.tensor(harm.get(family, [0.0] * 8))}
+             for k, family in enumerate(("blur", "noise", "jpeg"))}
     report = elite.single_family(probe)
     gains = [report[f][m]["enhanced_vs_degraded"] for f in probe for m in elite.PROBE_METRICS]
-    assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))  # 9, not 3 x 3
+    assert [g["p_holm"] for g in gains] == pytest.approx(holm_by_hand([g["p"] for g in gains]))  # 12, not 3 x 4
     assert set(report["blur"]["psnr"]) >= set(elite.SIDES) and "lpips_vgg" not in report["blur"]
+    measured = np.array([h for h in harm["blur"] if not math.isnan(h)])  # the images whose blur was regional
+    assert report["blur"]["harm_outside"]["n"] == 6 and report["blur"]["harm_outside"]["ci95"] == pytest.approx(
+        t_interval(measured), rel=1e-6)  # float32 harm values
+    assert "harm_outside" not in report["noise"] and report["jpeg"]["harm_outside"]["mean"] == 0
 
 def test_examples_are_best_three_median_worst_three_then_the_rest():
     gain = torch.tensor([0.5, -0.2, 0.9, 0.1, 0.0, 0.7, -0.5, 0.3, 0.2, -0.1])
@@ -114,14 +177,14 @@ def test_input_image_errors_name_the_field(tmp_path):
         with pytest.raises(error, match=message):
             elite.load_input_image(tmp_path / name, 64)
 
-def test_exported_adapter_reloads_to_the_training_models_merged_outputs(tiny_enhancer, tiny_model_dir, tmp_path):
+def test_exported_adapter_reloads_merged_to_the_training_models_outputs(tiny_enhancer, tiny_model_dir, tmp_path):
     torch.manual_seed(2)
     for param in (p for p in tiny_enhancer.parameters() if p.requires_grad):  # as if trained: every tensor moves
         torch.nn.init.normal_(param, std=0.01)
     folder = elite.export_adapter(tiny_enhancer, smoke_config(), str(tiny_model_dir), tmp_path / "adapter")
     reloaded, x = elite.load_adapter(folder, CPU, torch.float32), torch.rand(2, 3, 32, 32) * 2 - 1
-    with elite.merged_lora(tiny_enhancer):
-        expected = elite.enhance(tiny_enhancer, x, 2, CPU, torch.float32)
+    assert all(layer.merged for layer in reloaded.modules() if isinstance(layer, elite.BaseTunerLayer))
+    expected = elite.enhance(tiny_enhancer, x, 2, CPU, torch.float32)  # LoRA beside the weights, unmerged
     assert (elite.enhance(reloaded, x, 2, CPU, torch.float32) - expected).abs().max() < 1e-4
     assert not any(p.requires_grad for p in reloaded.parameters())
     description = json.loads((folder / "adapter.json").read_text())
@@ -129,41 +192,44 @@ def test_exported_adapter_reloads_to_the_training_models_merged_outputs(tiny_enh
     with pytest.raises(ValueError, match="format"):
         elite.load_adapter(folder, CPU, torch.float32)
 
-def test_results_archive_holds_metrics_comparisons_and_adapter_only(tmp_path):
+def test_results_archive_holds_metrics_comparisons_adapter_and_enhanced_images_only(tmp_path):
     files = {"metrics.json": b"{}", "comparisons/example_00.png": b"png", "comparisons/sub/a.png": b"a",
              "adapter/adapter.json": b"{}", "adapter/adapter.safetensors": b"w", "checkpoints/step_000002.pt": b"c",
-             "run.json": b"{}", "training_log.csv": b"step", "data/images.npy": b"d", "baselines.pt": b"b"}
+             "run.json": b"{}", "training_log.csv": b"step", "data/images.npy": b"d", "face_enhanced.png": b"f",
+             "face_enhanced_2.png": b"g", "face.png": b"input"}
     for name, data in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     with zipfile.ZipFile(elite.results_archive(tmp_path)) as archive:
         assert sorted(archive.namelist()) == sorted(n for n in files if n.split("/")[0] in (
-            "metrics.json", "comparisons", "adapter"))
+            "metrics.json", "comparisons", "adapter") or "_enhanced" in n)
         assert archive.read("adapter/adapter.safetensors") == b"w"
 
-def test_write_metrics_keeps_a_finished_runs_file_and_rewrites_it_otherwise(tmp_path, capsys):
-    path = tmp_path / "metrics.json"
-    first = {"training": {"steps": 4, "trained_this_session": 4}, "test_set": {"n": 6, "sha": "x"}, "created": "1"}
-    assert elite.write_metrics(path, first) == first and json.loads(path.read_text()) == first
-    again = first | {"training": {"steps": 4, "trained_this_session": 0}, "created": "2"}
-    assert elite.write_metrics(path, again) == first and json.loads(path.read_text()) == first
-    assert "kept" in capsys.readouterr().out
-    for changed in (again | {"training": {"steps": 6, "trained_this_session": 0}}, again | {"test_set": {"n": 7}},
-                    again | {"training": {"steps": 4, "trained_this_session": 1}}):
-        assert elite.write_metrics(path, changed) == changed and json.loads(path.read_text()) == changed
-        path.write_text(json.dumps(first))
+def test_each_enhanced_image_gets_its_own_file_and_the_same_result_is_not_written_twice(tmp_path):
+    first, second = faces(2)
+    assert (path := elite.save_result(first, tmp_path, "face")).name == "face_enhanced.png"
+    assert elite.save_result(first, tmp_path, "face") == path and len(list(tmp_path.iterdir())) == 1
+    assert elite.save_result(second, tmp_path, "face").name == "face_enhanced_2.png"
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(elite.to_pil(first)))  # the first is kept
 
-def test_compare_runs_pairs_images_adjusts_over_all_and_leaves_out_another_test_set(tmp_path, capsys):
-    rows = [{"row": i, **{f"{m}_enhanced": v for m, v in zip(elite.METRICS, values)}}
-            for i, values in enumerate([(0.2, 0.3, 25.0, 0.8), (0.3, 0.4, 24.0, 0.7), (0.25, 0.2, 26.0, 0.9)])]
+def test_a_cancelled_upload_says_so_and_gives_no_image(capsys):
+    assert elite.uploaded_image(lambda: {}) is None and "No file was uploaded" in capsys.readouterr().out
+    assert elite.uploaded_image(lambda: {"render.png": b"..."}) == elite.Path("render.png")
+
+def test_compare_runs_finds_runs_by_name_pairs_images_adjusts_over_all_and_leaves_out_another_test_set(tmp_path,
+                                                                                                      capsys):
+    rows = [{"row": i, **{f"{m}_enhanced": v for m, v in zip(elite.METRICS, values)}} for i, values in enumerate(
+        [(0.2, 0.3, 0.6, 25.0, 0.8), (0.3, 0.4, 0.7, 24.0, 0.7), (0.25, 0.2, 0.5, 26.0, 0.9)])]
     mine = {"test_set": {"seed": 0, "rows_sha256": "a"}, "per_image": rows}
     worse = [{k: v + (0.05 if "lpips" in k else -1.0) if k != "row" else v for k, v in row.items()} for row in rows]
-    for name, test_set in (("other", {"seed": 0, "rows_sha256": "a"}), ("seed1", {"seed": 1, "rows_sha256": "b"})):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.json").write_text(json.dumps({"test_set": test_set, "per_image": worse}))
-    report = elite.compare_runs(mine, "other, seed1", tmp_path / "this")
-    assert list(report) == ["other"] and "seed: 1 -> 0" in capsys.readouterr().out
-    gains = report["other"]
+    for folder, test_set in (("other-smoke", mine["test_set"]), ("seed1", {"seed": 1, "rows_sha256": "b"})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps({"test_set": test_set, "per_image": worse}))
+    report = elite.compare_runs(mine, "other, seed1, nowhere", tmp_path / "this-smoke", "smoke")  # name, folder
+    printed = capsys.readouterr().out
+    assert list(report) == ["other-smoke"] and "seed1 is left out: its test set differs (seed: 1 -> 0;" in printed
+    assert f"nowhere: no metrics.json in {tmp_path / 'nowhere-smoke'}, {tmp_path / 'nowhere'}, nowhere" in printed
+    gains = report["other-smoke"]
     assert gains["lpips_alex"]["mean"] == pytest.approx(0.05) and gains["psnr"]["mean"] == pytest.approx(1.0)
     assert gains["lpips_alex"]["better"] == 3 and gains["lpips_alex"]["n"] == 3
     p = [elite.paired_gain(torch.tensor([r[f"{m}_enhanced"] for r in rows]),

@@ -6,7 +6,7 @@ import torch
 
 from gpu_check import count_training_tflop, measured_config, meta_model, t4_code_paths
 
-def test_t4_code_paths_cap_the_named_gpu_at_15_gib_and_turn_flash_attention_off_globally(monkeypatch):
+def test_t4_code_paths_cap_the_named_gpu_at_14_gib_and_turn_flash_attention_off_globally(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda index: calls.append(("properties", index)) or types.SimpleNamespace(
@@ -17,7 +17,7 @@ def test_t4_code_paths_cap_the_named_gpu_at_15_gib_and_turn_flash_attention_off_
     assert t4_code_paths(torch.device("cuda", 1)) is torch.float16
     assert ("properties", 1) in calls and ("flash", False) in calls
     [(_, fraction, index)] = [call for call in calls if call[0] == "fraction"]
-    assert index == 1 and fraction == pytest.approx(15 / 80, rel=1e-12)
+    assert index == 1 and fraction == pytest.approx(14 / 80, rel=1e-12)
 
 def test_t4_code_paths_use_the_current_gpu_when_the_device_has_no_index(monkeypatch):
     fractions = []
@@ -27,7 +27,7 @@ def test_t4_code_paths_use_the_current_gpu_when_the_device_has_no_index(monkeypa
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *args: fractions.append(args))
     monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: None)
     t4_code_paths(torch.device("cuda"))
-    assert fractions == [(15 / 16, 3)]
+    assert fractions == [(14 / 16, 3)]
 
 @pytest.mark.slow  # two counts on the real architecture on the meta device: about 20 s
 def test_the_flop_count_of_a_training_step_scales_with_batch_and_image_area():

@@ -1,7 +1,12 @@
-"""LPIPS from the shared VGG pass equals the lpips package; Gram is DIFIX's, per sample, area-scaled; the balance."""
+"""LPIPS from the shared VGG pass equals the lpips package; Gram is DIFIX's, per sample, area-scaled; the balance:
+its values, its loss-scale loop, and a memory peak no higher than a training step's."""
+import weakref
+
 import lpips
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from notebook_library import elite, smoke_config
 
@@ -28,8 +33,9 @@ def test_shared_pass_lpips_equals_the_lpips_package_across_batches(loss_fn):
     with torch.no_grad():
         expected_a, expected_c = package(a, b).flatten(), package(c, b).flatten()
         assert torch.allclose(loss_fn.terms(a, b)["lpips"], expected_a.mean(), atol=1e-6)
-    distances = elite.lpips_to_targets(loss_fn.lpips, {"a": a, "c": c}, b, batch_size=2)  # batches of 2, 2, 1
-    assert torch.allclose(torch.stack(list(distances.values())), torch.stack([expected_a, expected_c]), atol=1e-6)
+    scores = elite.score({"a": a, "c": c}, b, {"lpips": loss_fn.lpips}, torch.device("cpu"), batch_size=2)  # 2, 2, 1
+    assert torch.allclose(torch.stack([scores["lpips_a"], scores["lpips_c"]]), torch.stack([expected_a, expected_c]),
+                          atol=1e-6)
 
 def test_identical_images_give_zero_for_every_term(loss_fn):
     assert all(value.item() == 0 for value in loss_fn.terms(images(3), images(3)).values())
@@ -37,7 +43,7 @@ def test_identical_images_give_zero_for_every_term(loss_fn):
 def test_gram_term_is_difix_per_sample_and_does_not_mix_samples(loss_fn):
     a, b = images(4), images(5)
     with torch.no_grad():
-        predicted, reference = loss_fn.features(a), loss_fn.features(b)
+        predicted, reference = loss_fn.lpips.features(a), loss_fn.lpips.features(b)
     for p, r in zip(predicted, reference):
         expected = torch.tensor([difix_gram(p[i], r[i]) for i in range(2)], dtype=torch.float64)
         assert expected[0].item() != pytest.approx(expected[1].item(), rel=1e-2)  # mixing them would show
@@ -59,7 +65,7 @@ def test_gram_term_is_scaled_to_difix_crop_area(loss_fn):
         a, b = (t.repeat(1, 1, size // 16, size // 16) for t in (texture_a, texture_b))
         with torch.no_grad():
             gram = loss_fn.terms(a, b)["gram"].item()
-            p, r = loss_fn.features(a), loss_fn.features(b)
+            p, r = loss_fn.lpips.features(a), loss_fn.lpips.features(b)
         expected = sum(w * difix_gram(pi[0], ri[0]) for w, pi, ri in zip(DIFIX_WEIGHTS, p, r)) * 400**2 / size**2
         assert gram == pytest.approx(expected, rel=1e-4)
         values[size] = gram
@@ -88,3 +94,54 @@ def test_loss_balance_shares_and_gradient_norms_equal_one_plain_backward(tiny_en
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
         assert (norm > 0) == (balance[name]["weight"] > 0) and balance[name]["grad_norm"] == pytest.approx(norm, 1e-4)
         assert balance[name]["value"] == pytest.approx(terms[name].item(), rel=1e-6)
+
+class LiveBytes(TorchDispatchMode):
+    """The most bytes of tensor storage alive at once, of the storages made inside the block (autograd's too; views
+    and in-place results share an input's storage and are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes, self.live, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        storages = lambda tree: {t.untyped_storage() for t in tree_flatten(tree)[0]  # noqa: E731
+                                 if isinstance(t, torch.Tensor)}
+        inputs = {storage.data_ptr() for storage in storages((args, kwargs))}
+        for storage in storages(out):
+            if (key := storage.data_ptr()) and key not in self.sizes and key not in inputs:
+                self.sizes[key] = storage.nbytes()
+                self.live += self.sizes[key]
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self.free, key)
+        return out
+
+    def free(self, key):
+        self.live -= self.sizes.pop(key)
+
+def test_the_loss_balance_peaks_no_higher_than_a_training_step(tiny_model_dir):
+    config = smoke_config(gram_start_step=0)  # every term in the training step too
+    enhancer = elite.build_enhancer(config, torch.device("cpu"), torch.float32, str(tiny_model_dir))
+    loss_fn, batch = elite.EnhancerLoss(config, pretrained_backbone=False), (images(12, size=64), images(13, size=64))
+    with LiveBytes() as balance:
+        elite.loss_balance(enhancer, loss_fn, *batch, torch.float32)
+    optimizer = elite.make_optimizer(enhancer, config, torch.device("cpu"))
+    no_scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with LiveBytes() as step:  # the first step: Adam's moments are made in it, as they stay alive in every later one
+        elite.train_step(enhancer, loss_fn, optimizer, no_scaler, *batch, 0, config, torch.float32)
+    assert 0 < balance.peak <= step.peak, (balance.peak, step.peak)
+
+def test_the_balance_lowers_the_loss_scale_until_the_fp16_gradients_are_finite():
+    class HalfPrecision(torch.nn.Module):  # its activations in fp16, as autocast leaves them on a T4
+        def __init__(self):
+            super().__init__()
+            self.skip = torch.nn.Parameter(torch.ones(3, 8))
+
+        def forward(self, degraded):
+            return (self.skip * degraded).half()
+
+    class OneTerm:  # a term whose fp16 gradient is 100 x the loss scale: infinite at 2^16, finite at 2^8
+        weights = staticmethod(lambda step: {"l1": 1.0})
+        terms = staticmethod(lambda enhanced, clean: {"l1": 100 * enhanced.float().sum()})
+    balance = elite.loss_balance(HalfPrecision(), OneTerm(), torch.ones(3, 8), torch.ones(3, 8), torch.float16)
+    assert balance["l1"]["grad_norm"] == pytest.approx(100 * 24 ** 0.5, rel=1e-6)  # d(100 x sum) / d weight = 100 each

@@ -102,18 +102,13 @@ def test_untrained_enhancer_is_plain_sd_turbo_within_the_skip_contribution(tiny_
     assert torch.allclose(without_skips, plain, atol=1e-5)
     assert 0 < (with_skips - plain).abs().max() < 0.05
 
-def test_merged_lora_gives_the_same_output_and_puts_the_weights_back_exactly(tiny_enhancer):
-    randomize_lora_b(tiny_enhancer, std=0.02)
-    x, before = images(5), {name: t.clone() for name, t in tiny_enhancer.state_dict().items()}
-    with torch.no_grad():
-        unmerged = tiny_enhancer(x)
-        with elite.merged_lora(tiny_enhancer):
-            merged = tiny_enhancer(x)
-            changed = {n for n, t in tiny_enhancer.state_dict().items() if not torch.equal(t, before[n])}
-    assert changed and all(name.endswith("base_layer.weight") for name in changed)  # LoRA was folded in
-    assert (merged - unmerged).abs().max() < 1e-5
-    assert all(torch.equal(t, before[n]) for n, t in tiny_enhancer.state_dict().items())  # bit for bit
-    assert not any(m.merged for m in tiny_enhancer.modules() if isinstance(m, BaseTunerLayer))
+def test_train_seed_decides_the_lora_initialisation_and_seed_does_not(tiny_model_dir):
+    build = lambda **changes: elite.trainable_tensors(elite.build_enhancer(  # noqa: E731
+        smoke_config(**changes), CPU, torch.float32, str(tiny_model_dir)))
+    first, other_data, other_training = build(), build(seed=5), build(train_seed=1)
+    lora_a = [name for name in first if ".lora_A." in name]  # B starts at 0 whatever the seed
+    assert lora_a and all(torch.equal(first[name], other_data[name]) for name in first)
+    assert not any(torch.equal(first[name], other_training[name]) for name in lora_a)
 
 def test_gradients_reach_every_trainable_tensor_only_and_checkpointing_keeps_them(tiny_enhancer, monkeypatch):
     randomize_lora_b(tiny_enhancer, std=1e-3)

@@ -3,7 +3,6 @@ import ast
 import importlib.metadata
 import subprocess
 import sys
-import types
 
 import pytest
 from packaging.requirements import Requirement
@@ -30,9 +29,8 @@ def run_install_cell(monkeypatch, versions: dict[str, str], colab: bool, calls=N
     calls, printed = [] if calls is None else calls, []
     monkeypatch.setattr(importlib.metadata, "version", version)
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append(command))
-    if colab:  # (this test process is not in Colab)
-        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    exec(compile(INSTALL_CELL, "<install cell>", "exec"), {"print": lambda *args, **kw: printed.append(args)})
+    exec(compile(INSTALL_CELL, "<install cell>", "exec"), {"print": lambda *args, **kw: printed.append(args),
+                                                           "IN_COLAB": colab})  # set by the cell before it
     return calls, " ".join(str(part) for args in printed for part in args)
 
 def lower_bounds() -> dict[str, str]:  # a version inside every requirement's range

@@ -1,11 +1,15 @@
-"""Training steps, rates, checkpoints (atomic, pruned, never non-finite) and a bit-exact resume."""
+"""Training steps, rates, the loss-scale path a T4 takes, checkpoints (atomic, pruned) and an exact resume, in one
+process and across two."""
 import collections
 import copy
 import json
 import math
 import random
 import shutil
-import types
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ CPU, FP32 = torch.device("cpu"), torch.float32
 EVERY_STEP = dict(checkpoint_every=100, checkpoint_minutes=1e-9, keep_checkpoints=10)  # saved by the clock alone
 FAST = dict(gradient_checkpointing=False)  # the same numbers, without recomputing activations
 NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # fp32 (or bf16): no loss scale
+COMPUTE = f"{elite.describe_device(CPU)['name']} float32"  # what a checkpoint records it was trained with
 
 class Stop(Exception):
     """Stands in for a disconnect at a chosen moment."""
@@ -35,7 +40,7 @@ def run(tiny_model_dir, tmp_path_factory):
         enhancer = elite.build_enhancer(config, CPU, FP32, str(tiny_model_dir))
         return elite.train(enhancer, wrap(loss), elite.ImagePairs(subset, config), config, run_dir,
                            elite.start_record(run_dir, config), CPU, FP32, validate)
-    train.loss, train.pairs = loss, lambda config: elite.ImagePairs(subset, config)
+    train.loss, train.pairs, train.source = loss, lambda config: elite.ImagePairs(subset, config), source
     return train
 
 @pytest.fixture(scope="module")
@@ -61,10 +66,10 @@ def copy_run(source, target, drop_steps):
 
 def save(folder, step, enhancer, config):
     return elite.save_checkpoint(folder, step, enhancer, elite.make_optimizer(enhancer, config, CPU), NO_SCALER,
-                                 config)
+                                 config, COMPUTE)
 
 def restore(folder, enhancer, scaler=NO_SCALER) -> int:
-    return elite.restore_checkpoint(folder, enhancer, elite.make_optimizer(enhancer, smoke_config(), CPU), scaler)
+    return elite.restore_checkpoint(folder, enhancer, elite.make_optimizer(enhancer, smoke_config(), CPU), scaler)[0]
 
 def test_training_learns_a_fixed_batch_with_every_term_on_and_moves_every_group(tiny_model_dir, run):
     config = smoke_config(**FAST, batch_size=1, learning_rate=3e-3, conv_in_learning_rate=3e-3, lr_schedule="constant")
@@ -114,13 +119,18 @@ def test_checkpoint_minutes_saves_every_step_and_a_resume_from_step_1_ends_the_s
     assert step_4_equal(straight, tmp_path)
     assert log_steps(tmp_path) == [0, 1, 2, 3, 4]  # the rows from step 1 on rewritten, none twice
 
-def test_a_changed_training_setting_is_printed_and_recorded_with_its_step(run, straight, tmp_path, capsys):
+def test_a_changed_training_setting_or_gpu_is_printed_and_recorded_with_its_step(run, straight, tmp_path, capsys):
     copy_run(straight, tmp_path, drop_steps=(3, 4))
+    state = torch.load(checkpoint := tmp_path / "checkpoints" / "step_000002.pt", weights_only=True)
+    torch.save(state | {"compute": "Tesla T4 float16"}, checkpoint)  # trained on a T4 until the disconnect
     with pytest.raises(Stop):  # at step 2's validation, after the resume
         run(smoke_config(**FAST, **EVERY_STEP, learning_rate=5e-5), tmp_path, validate=stop)
-    assert "From step 2 on: learning_rate 0.0001 -> 5e-05" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "From step 2 on: learning_rate 0.0001 -> 5e-05" in printed
+    assert f"From step 2 on: compute 'Tesla T4 float16' -> '{COMPUTE}'" in printed
     assert json.loads((tmp_path / "run.json").read_text())["history"] == [
-        {"step": 2, "field": "learning_rate", "old": 1e-4, "new": 5e-5}]
+        {"step": 2, "field": "learning_rate", "old": 1e-4, "new": 5e-5},
+        {"step": 2, "field": "compute", "old": "Tesla T4 float16", "new": COMPUTE}]
 
 def test_save_and_restore_round_trip_every_piece_and_a_run_without_a_loss_scale(tiny_enhancer, tmp_path):
     optimizer = elite.make_optimizer(tiny_enhancer, smoke_config(), CPU)
@@ -130,14 +140,14 @@ def test_save_and_restore_round_trip_every_piece_and_a_run_without_a_loss_scale(
     optimizer.step()  # moments to store
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    elite.save_checkpoint(tmp_path, 2, tiny_enhancer, optimizer, scaler, smoke_config())
+    elite.save_checkpoint(tmp_path, 2, tiny_enhancer, optimizer, scaler, smoke_config(), "Tesla T4 float16")
     following = (random.random(), np.random.rand(), torch.rand(3))  # what the saved states draw next
     weights, moments = elite.trainable_tensors(tiny_enhancer), copy.deepcopy(optimizer.state_dict()["state"])
     for param in params:
         param.data.add_(1.0)
     fresh_optimizer, fresh_scaler = elite.make_optimizer(tiny_enhancer, smoke_config(), CPU), torch.amp.GradScaler(
         "cpu")
-    assert elite.restore_checkpoint(tmp_path, tiny_enhancer, fresh_optimizer, fresh_scaler) == 2
+    assert elite.restore_checkpoint(tmp_path, tiny_enhancer, fresh_optimizer, fresh_scaler) == (2, "Tesla T4 float16")
     assert (random.random(), np.random.rand()) == following[:2] and torch.equal(torch.rand(3), following[2])
     assert all(torch.equal(weights[name], value) for name, value in elite.trainable_tensors(tiny_enhancer).items())
     restored = fresh_optimizer.state_dict()["state"]
@@ -161,17 +171,47 @@ def test_pruning_keeps_the_newest_readable_checkpoints_and_skips_a_truncated_one
     save(tmp_path, 5, tiny_enhancer, config)
     assert names(tmp_path) == ["step_000003.pt", "step_000005.pt"]  # the readable 3 kept, the cut 4 gone
 
-def test_a_streak_of_nonfinite_losses_stops_training_naming_the_newest_checkpoint(run, straight, tmp_path,
-                                                                                 monkeypatch):
+class HalfActivations(torch.nn.Module):
+    """One trainable layer whose output is fp16, as autocast leaves activations on a T4: gradients pass through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip_convs = torch.nn.Conv2d(3, 3, 1)  # a name in a trainable group
+
+    def forward(self, degraded):
+        return self.skip_convs(degraded).half()
+
+def scaled_gradient_loss(factor: float):
+    """A finite loss whose gradient at the fp16 activations is `factor` x the loss scale."""
+    return lambda enhanced, clean, step: dict.fromkeys(elite.LOSS_TERMS, factor * enhanced.float().sum())
+
+@pytest.mark.filterwarnings("ignore:In CPU autocast")
+def test_an_overflowing_fp16_step_is_skipped_and_the_loss_scale_lowered():
+    x, config = torch.ones(1, 3, 1, 1), smoke_config()  # one pixel: each weight's gradient is the activation's
+    for init_scale, factor, applied, nonfinite in ((2.0**16, 1e3, False, False), (32.0, 1e3, True, False),
+                                                   (1.0, 1e5, False, True)):  # 1e3 x 2^16 > fp16's 65,504
+        model, scaler = HalfActivations(), torch.amp.GradScaler("cpu", init_scale=init_scale)
+        before, optimizer = model.skip_convs.weight.detach().clone(), elite.make_optimizer(model, config, CPU)
+        result = elite.train_step(model, scaled_gradient_loss(factor), optimizer, scaler, x, x, 1, config,
+                                  torch.float16)
+        assert (result["skipped"], result["nonfinite"]) == (not applied, nonfinite) and math.isfinite(result["total"])
+        assert scaler.get_scale() == (init_scale if applied else init_scale / 2)  # an overflow halves the scale
+        assert torch.equal(model.skip_convs.weight, before) != applied and bool(optimizer.state) == applied
+
+@pytest.mark.filterwarnings("ignore:In CPU autocast")
+def test_with_a_loss_scale_a_streak_of_nonfinite_losses_stops_training_naming_the_checkpoint(run, tmp_path,
+                                                                                             monkeypatch):
     monkeypatch.setattr(elite, "MAX_NONFINITE_STEPS", 2)
-    copy_run(straight, tmp_path, drop_steps=(3, 4))
+    config = smoke_config(train_steps=6, checkpoint_every=2)
+    nan_from_step_2 = lambda enhanced, clean, step: scaled_gradient_loss(math.nan if step >= 2 else 1e-9)(  # noqa
+        enhanced, clean, step)  # small enough for its scaled gradients to stay finite
     with pytest.raises(FloatingPointError, match=r"2 steps in a row were non-finite \(the last: step 3\)\. Lower "
                                                  r"learning_rate.*continues from step_000002\.pt"):
-        run(smoke_config(**FAST, train_steps=6), tmp_path,
-            wrap=lambda loss_fn: lambda *args: (terms := loss_fn(*args)) | {"total": terms["total"] * math.nan})
-    assert names(tmp_path / "checkpoints") == ["step_000001.pt", "step_000002.pt"]
-    assert [(row["step"], row["skipped"]) for row in elite.read_log(tmp_path / "training_log.csv")][2:] == [
-        ("2", "True"), ("3", "True")]
+        elite.train(HalfActivations(), nan_from_step_2, run.pairs(config), config, tmp_path,
+                    elite.start_record(tmp_path, config), CPU, torch.float16, lambda step, rows: 0.0)
+    assert [(row["step"], row["skipped"]) for row in elite.read_log(tmp_path / "training_log.csv")] == [
+        ("0", "False"), ("1", "False"), ("2", "True"), ("3", "True")]
+    assert names(tmp_path / "checkpoints") == ["step_000002.pt"]  # none after the streak began
 
 def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
     model = torch.nn.Sequential(collections.OrderedDict(skip_convs=torch.nn.Linear(3, 3)))  # one group
@@ -185,14 +225,13 @@ def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
     assert torch.equal(model.skip_convs.weight, before) and model.skip_convs.weight.grad is None
     assert not optimizer.state  # Adam never stepped
 
-def test_the_time_estimate_counts_the_remaining_steps_and_every_evaluation_image():
-    pairs = types.SimpleNamespace(test_rows=[{}] * 30, probe_families=list(elite.DEGRADATION_FAMILIES))
-    config = smoke_config(train_steps=400, batch_size=2)
-    # median 3 s: 389 steps left -> 19.45 min; 30 x (3 + 10) = 390 images at 3 s / (4 x 2) -> 2.4 min
-    assert elite.time_estimate([2.0, 4.0, 3.0], 11, pairs, config) == (
-        "3.00 s/step (median of 3): about 19 min of training to go, then about 2 min of evaluation (390 images)")
-    without_probe = elite.time_estimate([3.0], 11, pairs, smoke_config(train_steps=400, single_family_probe=False))
-    assert without_probe.endswith("about 1 min of evaluation (90 images)")  # 90 x 3 s / 8 = 34 s: 0.56 min
+def test_the_evaluation_estimate_counts_every_image_it_will_enhance_at_an_eighth_of_a_batch_2_step():
+    pairs = elite.ImagePairs.__new__(elite.ImagePairs)  # only what the estimate reads
+    pairs.test_rows, pairs.probe_families = [{}] * 30, list(elite.DEGRADATION_FAMILIES)
+    for probe, images in ((True, 30 * (3 + 10)), (False, 30 * 3)):  # zero-shot, VAE ceiling, enhanced, each family
+        text = elite.evaluation_estimate(6.0, pairs, smoke_config(batch_size=2, single_family_probe=probe))
+        minutes = round(images * 6.0 / (4 * 2) / 60)  # a forward pass: a quarter of a step's work per image
+        assert f"about {minutes} min of evaluation ({images} images)" in text, text
 
 def test_out_of_memory_becomes_advice_naming_batch_size_and_resolution():
     with pytest.raises(RuntimeError, match=r"out of memory at 64² with batch_size=3.*Lower batch_size.*resolution"), \
@@ -219,10 +258,29 @@ def test_a_failed_save_raises_naming_the_fix_and_keeps_the_previous_checkpoint(t
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(torch, "save", killed)
         save(tmp_path, 4, tiny_enhancer, config)
-    assert names(tmp_path) == [".step_000004.pt.partial", "step_000002.pt"]
-    next(param for param in tiny_enhancer.parameters() if param.requires_grad).data.view(-1)[0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"Not saving step 6.*Lower learning_rate.*continues from "
-                                                 r"step_000002\.pt"):
-        save(tmp_path, 6, tiny_enhancer, config)
-    assert names(tmp_path) == [".step_000004.pt.partial", "step_000002.pt"]
-    assert restore(tmp_path, tiny_enhancer) == 2
+    assert names(tmp_path) == [".step_000004.pt.partial", "step_000002.pt"] and restore(tmp_path, tiny_enhancer) == 2
+
+CROSS_PROCESS = """import sys
+sys.path.insert(0, sys.argv[1])
+from notebook_library import elite, smoke_config
+import torch
+source, models, data, run_dir = sys.argv[2:]
+config, cpu = smoke_config(gradient_checkpointing=False, train_steps=2, checkpoint_every=2), torch.device("cpu")
+pairs = elite.ImagePairs(elite.build_subset(smoke_config(), source, elite.Path(data)), config)
+loss = elite.EnhancerLoss(smoke_config(gram_start_step=0), pretrained_backbone=False)
+elite.train(elite.build_enhancer(config, cpu, torch.float32, models), loss, pairs, config, elite.Path(run_dir),
+            elite.start_record(elite.Path(run_dir), config), cpu, torch.float32, lambda step, rows: 0.0)
+"""
+
+@pytest.mark.slow  # a second Python process: about 15 s
+def test_a_run_stopped_in_one_process_ends_in_another_with_the_weights_of_a_run_that_never_stopped(
+        run, straight, tiny_model_dir, tmp_path):
+    first = subprocess.run([sys.executable, "-c", CROSS_PROCESS, str(Path(__file__).parent), str(run.source),
+                            str(tiny_model_dir), str(tmp_path / "data"), str(tmp_path / "run")],
+                           capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert first.returncode == 0 and log_steps(tmp_path / "run") == [0, 1, 2], first.stderr[-3000:]
+    run(smoke_config(**FAST, train_steps=4, checkpoint_every=2), tmp_path / "run")  # this process continues
+    resumed, never_stopped = (checkpoint_weights(folder / "checkpoints" / "step_000004.pt")
+                              for folder in (tmp_path / "run", straight))
+    assert resumed.keys() == never_stopped.keys() and all(  # equal to float rounding (here: bit for bit)
+        torch.allclose(resumed[name], never_stopped[name], rtol=1e-6, atol=1e-8) for name in resumed)
