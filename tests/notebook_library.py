@@ -7,6 +7,8 @@ import sys
 import types
 from pathlib import Path
 
+import torch
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # any Hub call fails at once instead of retrying
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "ELITE_enhancer.ipynb"
@@ -43,5 +45,23 @@ def smoke_environ(run_dir: Path, **overrides) -> dict:
 
 def checkpoint_weights(path: Path) -> dict:
     """The trainable tensors stored in a checkpoint file."""
-    import torch
     return torch.load(path, map_location="cpu", weights_only=True)["trainable"]
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoint files hold bit-identical trainable tensors."""
+    x, y = checkpoint_weights(a), checkpoint_weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[name], y[name]) for name in x)
+
+def random_images(seed: int, count: int = 2, size: int = 32) -> torch.Tensor:
+    """(count, 3, size, size) uniform in [-1, 1], the same for the same seed."""
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+class HalfActivations(torch.nn.Module):
+    """One trainable layer whose output is fp16, as autocast leaves activations on a T4: gradients pass through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip_convs = torch.nn.Conv2d(3, 3, 1)  # a name in a trainable group
+
+    def forward(self, degraded):
+        return self.skip_convs(degraded).half()

@@ -2,25 +2,14 @@
 
 With TCP, jupyter_client picks free ports by binding and releasing them, so two kernels started at the same time
 (parallel runs on one machine) can end up on the same ports and wait for each other forever. Named sockets in
-the working directory cannot collide. Usage: python notebook_runner.py NOTEBOOK [TIMEOUT_SECONDS]"""
+the working directory cannot collide."""
 import re
-import sys
-import threading
 from pathlib import Path
 
 import nbformat
 from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-
-def run(path: str, timeout: int) -> None:
-    notebook = nbformat.read(path, as_version=4)
-    kernel = KernelManager(kernel_name="python3", transport="ipc")
-    try:
-        NotebookClient(notebook, km=kernel, timeout=timeout).execute()
-    finally:
-        if kernel.has_kernel:
-            kernel.shutdown_kernel(now=True)
 
 def with_form_values(notebook, values: dict):
     """A copy of the notebook whose form cell assigns other values, as a user editing the form would."""
@@ -70,16 +59,6 @@ class NotebookKernel:
         except CellExecutionError:
             return False, text_of(notebook)
 
-    def run_all_in_background(self, environ: dict | None = None) -> dict:
-        """Start run_all in a thread; the returned dict receives 'finished' and 'text' when it ends."""
-        result = {}
-
-        def target():
-            result["finished"], result["text"] = self.run_all(environ)
-        result["thread"] = threading.Thread(target=target, daemon=True)
-        result["thread"].start()
-        return result
-
     def evaluate(self, code: str) -> str:
         """Run a snippet in the kernel; what it printed."""
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
@@ -92,6 +71,3 @@ class NotebookKernel:
 
     def shutdown(self) -> None:
         self.manager.shutdown_kernel(now=True)
-
-if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 600)

@@ -1,7 +1,6 @@
 """How big the notebook is as GitHub shows it (every cell expanded), against the size goals; with --before REV also
 the files at a git revision, side by side: python tests/notebook_shape.py [--before REV]"""
 import argparse
-import ast
 import json
 import subprocess
 import tempfile
@@ -9,17 +8,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK, TESTS, README = ROOT / "ELITE_enhancer.ipynb", ROOT / "tests", ROOT / "README.md"
-GOALS = {  # figure: (label, most allowed; None: no goal)
-    "code_lines": ("lines of code cells", 1500), "cells_over_40_lines": ("code cells over 40 lines", 0),
+GOALS = {  # figure: (label, most allowed)
+    "code_lines": ("lines of code cells", 1900), "cells_over_40_lines": ("code cells over 40 lines", 0),
     "wide_lines": ("code lines over 110 characters", 0), "section_3_at": ("'## 3.' starts at (of all lines)", 0.25),
     "enhancer_at": ("class OneStepEnhancer starts at", 0.50), "test_lines": ("Python lines under tests/", 2000),
-    "readme_kb": ("README KB (1000 bytes)", 15), "definitions": ("top-level functions and classes", None)}
-
-def definitions(lines: list[str]) -> int:
-    """Functions and classes defined at a code cell's top level (shell and magic lines read as `pass`)."""
-    source = "\n".join("pass" if line.lstrip().startswith(("!", "%")) else line for line in lines)
-    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return sum(isinstance(node, kinds) for node in ast.parse(source).body)
+    "readme_kb": ("README KB (1000 bytes)", 15)}
 
 def measure(notebook_path: Path, tests_dir: Path, readme_path: Path) -> dict:
     """The figures of GOALS; a start is the share of all markdown and code lines before the cell (1.0: none)."""
@@ -34,7 +27,7 @@ def measure(notebook_path: Path, tests_dir: Path, readme_path: Path) -> dict:
             "section_3_at": first("markdown", "## 3."), "enhancer_at": first("code", "class OneStepEnhancer"),
             "test_lines": sum(len(path.read_text(encoding="utf-8").splitlines())
                               for path in Path(tests_dir).rglob("*.py")),
-            "readme_kb": Path(readme_path).stat().st_size / 1000, "definitions": sum(map(definitions, code))}
+            "readme_kb": Path(readme_path).stat().st_size / 1000}
 
 def files_at(revision: str, folder: Path) -> tuple[Path, Path, Path]:
     """The notebook, tests/**/*.py and README of a git revision, written under `folder`."""
@@ -58,7 +51,7 @@ def main() -> None:
         shown = lambda value: f"{value:.0%}" if name.endswith("_at") else f"{value:.1f}" if isinstance(  # noqa: E731
             value, float) else str(value)
         values = [shown(column[name]) for column in columns.values()]
-        print(f"| {label} | {'—' if most is None else f'≤ {shown(most)}'} | " + " | ".join(values) + " |")
+        print(f"| {label} | ≤ {shown(most)} | " + " | ".join(values) + " |")
 
 if __name__ == "__main__":
     main()

@@ -114,11 +114,6 @@ def test_warp_keeps_colours_and_moves_no_pixel_further_than_its_amplitude():
     assert (warped <= F.max_pool2d(blocks[None], reach, 1, reach // 2)[0] + 1e-6).all()
     assert (warped >= -F.max_pool2d(-blocks[None], reach, 1, reach // 2)[0] - 1e-6).all()
 
-def test_every_family_of_the_config_has_one_registered_function():
-    strengths = tuple(f.name[:-9] for f in elite.dataclasses.fields(elite.Config) if f.name.endswith("_strength"))
-    assert elite.DEGRADATION_FAMILIES == strengths and sorted(elite.DEGRADATIONS) == sorted(strengths)
-    assert all(elite.DEGRADATIONS[family].apply.__name__ == family for family in strengths)
-
 def test_records_name_families_with_strengths_in_their_configured_range():
     config = smoke_config(blur_strength=(0.3, 0.4), noise_strength=(0.6, 0.6), jpeg_strength=(0.0, 0.0))
     seen = set()

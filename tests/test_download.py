@@ -1,5 +1,4 @@
-"""The data cell fetches only the split's parquet files, through the Hub's cache (huggingface_hub retries and
-resumes a failed transfer itself)."""
+"""The data cell fetches only the split's parquet files, through the Hub's cache, where a re-run finds them."""
 import pytest
 
 from notebook_library import elite

@@ -212,10 +212,6 @@ def test_each_enhanced_image_gets_its_own_file_and_the_same_result_is_not_writte
     assert elite.save_result(second, tmp_path, "face").name == "face_enhanced_2.png"
     assert np.array_equal(np.asarray(Image.open(path)), np.asarray(elite.to_pil(first)))  # the first is kept
 
-def test_a_cancelled_upload_says_so_and_gives_no_image(capsys):
-    assert elite.uploaded_image(lambda: {}) is None and "No file was uploaded" in capsys.readouterr().out
-    assert elite.uploaded_image(lambda: {"render.png": b"..."}) == elite.Path("render.png")
-
 def test_compare_runs_finds_runs_by_name_pairs_images_adjusts_over_all_and_leaves_out_another_test_set(tmp_path,
                                                                                                       capsys):
     rows = [{"row": i, **{f"{m}_enhanced": v for m, v in zip(elite.METRICS, values)}} for i, values in enumerate(
@@ -225,7 +221,7 @@ def test_compare_runs_finds_runs_by_name_pairs_images_adjusts_over_all_and_leave
     for folder, test_set in (("other-smoke", mine["test_set"]), ("seed1", {"seed": 1, "rows_sha256": "b"})):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "metrics.json").write_text(json.dumps({"test_set": test_set, "per_image": worse}))
-    report = elite.compare_runs(mine, "other, seed1, nowhere", tmp_path / "this-smoke", "smoke")  # name, folder
+    report = elite.compare_with_runs(mine, "other, seed1, nowhere", tmp_path / "this-smoke", "smoke")  # name, folder
     printed = capsys.readouterr().out
     assert list(report) == ["other-smoke"] and "seed1 is left out: its test set differs (seed: 1 -> 0;" in printed
     assert f"nowhere: no metrics.json in {tmp_path / 'nowhere-smoke'}, {tmp_path / 'nowhere'}, nowhere" in printed

@@ -6,28 +6,16 @@ import torch
 
 from gpu_check import count_training_tflop, measured_config, meta_model, t4_code_paths
 
-def test_t4_code_paths_cap_the_named_gpu_at_14_gib_and_turn_flash_attention_off_globally(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda index: calls.append(("properties", index)) or types.SimpleNamespace(
-                            total_memory=80 * 2**30))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
-                        lambda fraction, index: calls.append(("fraction", fraction, index)))
-    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: calls.append(("flash", enabled)))
-    assert t4_code_paths(torch.device("cuda", 1)) is torch.float16
-    assert ("properties", 1) in calls and ("flash", False) in calls
-    [(_, fraction, index)] = [call for call in calls if call[0] == "fraction"]
-    assert index == 1 and fraction == pytest.approx(14 / 80, rel=1e-12)
-
-def test_t4_code_paths_use_the_current_gpu_when_the_device_has_no_index(monkeypatch):
-    fractions = []
+@pytest.mark.parametrize("device, index", [(torch.device("cuda", 1), 1), (torch.device("cuda"), 3)])
+def test_t4_code_paths_cap_the_gpu_at_14_gib_and_turn_flash_attention_off_globally(monkeypatch, device, index):
+    calls = []  # the GPU with no index: the current one, 3
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda index: types.SimpleNamespace(total_memory=(16 if index == 3 else 80) * 2**30))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *args: fractions.append(args))
-    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: None)
-    t4_code_paths(torch.device("cuda"))
-    assert fractions == [(14 / 16, 3)]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda gpu: calls.append(("properties", gpu)) or
+                        types.SimpleNamespace(total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *args: calls.append(("fraction", *args)))
+    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda enabled: calls.append(("flash", enabled)))
+    assert t4_code_paths(device) is torch.float16
+    assert calls == [("flash", False), ("properties", index), ("fraction", pytest.approx(14 / 80, rel=1e-12), index)]
 
 @pytest.mark.slow  # two counts on the real architecture on the meta device: about 20 s
 def test_the_flop_count_of_a_training_step_scales_with_batch_and_image_area():

@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from notebook_library import elite, smoke_config
+from notebook_library import HalfActivations, elite, random_images, smoke_config
 
 DIFIX_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)  # relu1_2 ... relu5_3, typed from DIFIX's loss.py
 pytestmark = pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum):UserWarning")  # lpips' torchvision call
@@ -16,9 +16,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum):UserW
 @pytest.fixture(scope="module")
 def loss_fn():
     return elite.EnhancerLoss(smoke_config(gram_start_step=5, gram_weight=2.0), pretrained_backbone=False)
-
-def images(seed: int, count: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 def difix_gram(p: torch.Tensor, r: torch.Tensor) -> float:
     """DIFIX's Gram distance of one sample's (C, H, W) features in float64: mean((F Fᵀ − R Rᵀ)²) / (C·H·W)."""
@@ -29,7 +26,7 @@ def test_shared_pass_lpips_equals_the_lpips_package_across_batches(loss_fn):
     torch.manual_seed(0)
     package = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # seeded as make_lpips seeds it
     assert all(torch.equal(t, package.state_dict()[n]) for n, t in loss_fn.lpips.state_dict().items())
-    a, b, c = images(0, count=5), images(1, count=5), images(2, count=5)
+    a, b, c = random_images(0, count=5), random_images(1, count=5), random_images(2, count=5)
     with torch.no_grad():
         expected_a, expected_c = package(a, b).flatten(), package(c, b).flatten()
         assert torch.allclose(loss_fn.terms(a, b)["lpips"], expected_a.mean(), atol=1e-6)
@@ -38,10 +35,10 @@ def test_shared_pass_lpips_equals_the_lpips_package_across_batches(loss_fn):
                           atol=1e-6)
 
 def test_identical_images_give_zero_for_every_term(loss_fn):
-    assert all(value.item() == 0 for value in loss_fn.terms(images(3), images(3)).values())
+    assert all(value.item() == 0 for value in loss_fn.terms(random_images(3), random_images(3)).values())
 
 def test_gram_term_is_difix_per_sample_and_does_not_mix_samples(loss_fn):
-    a, b = images(4), images(5)
+    a, b = random_images(4), random_images(5)
     with torch.no_grad():
         predicted, reference = loss_fn.lpips.features(a), loss_fn.lpips.features(b)
     for p, r in zip(predicted, reference):
@@ -59,7 +56,7 @@ def test_gram_stays_fp32_and_finite_under_fp16_autocast_where_an_fp16_gram_overf
     assert term.dtype == torch.float32 and term.item() == pytest.approx(expected, rel=1e-5)
 
 def test_gram_term_is_scaled_to_difix_crop_area(loss_fn):
-    texture_a, texture_b = images(6, count=1, size=16), images(7, count=1, size=16)
+    texture_a, texture_b = random_images(6, count=1, size=16), random_images(7, count=1, size=16)
     values = {}
     for size in (64, 128):
         a, b = (t.repeat(1, 1, size // 16, size // 16) for t in (texture_a, texture_b))
@@ -73,7 +70,7 @@ def test_gram_term_is_scaled_to_difix_crop_area(loss_fn):
     assert 3 < values[128] * 128**2 / (values[64] * 64**2) < 5  # without the GRAM_AREA / (H·W) scaling: ~4x
 
 def test_gram_comes_in_at_gram_start_step(loss_fn):
-    a, b = images(8), images(9)
+    a, b = random_images(8), random_images(9)
     assert loss_fn.weights(4)["gram"] == 0 and loss_fn.weights(5)["gram"] == 2.0 == loss_fn.weights(None)["gram"]
     before, after = loss_fn(a, b, step=4), loss_fn(a, b, step=5)
     assert torch.isclose(before["total"], before["l1"] + before["lpips"])
@@ -82,7 +79,7 @@ def test_gram_comes_in_at_gram_start_step(loss_fn):
 
 def test_loss_balance_shares_and_gradient_norms_equal_one_plain_backward(tiny_enhancer):
     loss_fn = elite.EnhancerLoss(smoke_config(lpips_weight=0.0, gram_weight=2.0, gram_start_step=1000), False)
-    degraded, clean = images(10, count=1), images(11, count=1)
+    degraded, clean = random_images(10, count=1), random_images(11, count=1)
     balance = elite.loss_balance(tiny_enhancer, loss_fn, degraded, clean, torch.float32)
     assert all(param.grad is None for param in tiny_enhancer.parameters())  # nothing accumulated
     assert list(balance) == ["l1", "lpips", "gram"] and balance["gram"]["weight"] == 2.0  # Gram at its weight
@@ -122,7 +119,7 @@ class LiveBytes(TorchDispatchMode):
 def test_the_loss_balance_peaks_no_higher_than_a_training_step(tiny_model_dir):
     config = smoke_config(gram_start_step=0)  # every term in the training step too
     enhancer = elite.build_enhancer(config, torch.device("cpu"), torch.float32, str(tiny_model_dir))
-    loss_fn, batch = elite.EnhancerLoss(config, pretrained_backbone=False), (images(12, size=64), images(13, size=64))
+    loss_fn, batch = elite.EnhancerLoss(config, pretrained_backbone=False), (random_images(12), random_images(13))
     with LiveBytes() as balance:
         elite.loss_balance(enhancer, loss_fn, *batch, torch.float32)
     optimizer = elite.make_optimizer(enhancer, config, torch.device("cpu"))
@@ -132,16 +129,9 @@ def test_the_loss_balance_peaks_no_higher_than_a_training_step(tiny_model_dir):
     assert 0 < balance.peak <= step.peak, (balance.peak, step.peak)
 
 def test_the_balance_lowers_the_loss_scale_until_the_fp16_gradients_are_finite():
-    class HalfPrecision(torch.nn.Module):  # its activations in fp16, as autocast leaves them on a T4
-        def __init__(self):
-            super().__init__()
-            self.skip = torch.nn.Parameter(torch.ones(3, 8))
-
-        def forward(self, degraded):
-            return (self.skip * degraded).half()
-
     class OneTerm:  # a term whose fp16 gradient is 100 x the loss scale: infinite at 2^16, finite at 2^8
         weights = staticmethod(lambda step: {"l1": 1.0})
         terms = staticmethod(lambda enhanced, clean: {"l1": 100 * enhanced.float().sum()})
-    balance = elite.loss_balance(HalfPrecision(), OneTerm(), torch.ones(3, 8), torch.ones(3, 8), torch.float16)
-    assert balance["l1"]["grad_norm"] == pytest.approx(100 * 24 ** 0.5, rel=1e-6)  # d(100 x sum) / d weight = 100 each
+    one_pixel = torch.ones(1, 3, 1, 1)
+    balance = elite.loss_balance(HalfActivations(), OneTerm(), one_pixel, one_pixel, torch.float16)
+    assert balance["l1"]["grad_norm"] == pytest.approx(100 * 12 ** 0.5, rel=1e-3)  # 9 weights, 3 biases: 100 each

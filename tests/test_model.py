@@ -6,13 +6,10 @@ import torch
 from diffusers import DDPMScheduler
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from notebook_library import FIXTURES, elite, smoke_config
+from notebook_library import FIXTURES, elite, random_images, smoke_config
 
 CPU = torch.device("cpu")
 REAL_CONFIGS = FIXTURES / "sd_turbo_configs"
-
-def images(seed: int, count: int = 1, size: int = 32) -> torch.Tensor:
-    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 def randomize_lora_b(enhancer, std: float) -> None:
     """LoRA's B starts at 0, which hides A's gradient and makes merging a no-op: give it values."""
@@ -79,18 +76,19 @@ def test_without_unet_only_the_decoder_lora_and_skips_train(tiny_model_dir):
     assert enhancer.unet is None
     assert {elite.parameter_group(n) for n in trainable(enhancer)} == {"vae_decoder_lora", "skip_convs"}
     with torch.no_grad():
-        latent, taps = elite.encode_with_taps(enhancer.vae, images(0))
-        assert torch.equal(enhancer(images(0)), enhancer.decode(latent, taps))
+        latent, taps = elite.encode_with_taps(enhancer.vae, random_images(0, count=1))
+        assert torch.equal(enhancer(random_images(0, count=1)), enhancer.decode(latent, taps))
 
 def test_without_skips_there_are_no_skip_convs_and_the_output_is_plain_sd_turbo(tiny_model_dir):
     enhancer = elite.build_enhancer(smoke_config(skip_connections=False), CPU, torch.float32, str(tiny_model_dir))
     assert enhancer.skip_convs is None and not any(n.startswith("skip") for n, _ in enhancer.named_parameters())
     assert elite.parameter_report(enhancer)["groups"]["skip_convs"] == 0
     with torch.no_grad():
-        assert torch.allclose(enhancer(images(1)), plain_sd_turbo(enhancer, images(1)), atol=1e-5)
+        x = random_images(1, count=1)
+        assert torch.allclose(enhancer(x), plain_sd_turbo(enhancer, x), atol=1e-5)
 
 def test_untrained_enhancer_is_plain_sd_turbo_within_the_skip_contribution(tiny_enhancer):
-    x, vae = images(3, size=64), tiny_enhancer.vae
+    x, vae = random_images(3, count=1, size=64), tiny_enhancer.vae
     latent, taps = elite.encode_with_taps(vae, x)
     with torch.no_grad():
         assert torch.allclose(latent, vae.encode(x).latent_dist.mode() * vae.config.scaling_factor, atol=1e-6)
@@ -120,7 +118,7 @@ def test_gradients_reach_every_trainable_tensor_only_and_checkpointing_keeps_the
             tiny_enhancer.unet.disable_gradient_checkpointing()
         assert tiny_enhancer.unet.is_gradient_checkpointing is on
         tiny_enhancer.zero_grad(set_to_none=True)
-        tiny_enhancer(images(6)).square().mean().backward()
+        tiny_enhancer(random_images(6, count=1)).square().mean().backward()
         grads.append({name: p.grad for name, p in tiny_enhancer.named_parameters() if p.grad is not None})
     assert len(checkpointed) == 5  # the decoder's mid block and four up blocks, in the checkpointed pass only
     assert set(grads[0]) == set(grads[1]) == set(trainable(tiny_enhancer))  # nothing frozen gets a gradient

@@ -1,6 +1,5 @@
 """Training steps, rates, the loss-scale path a T4 takes, checkpoints (atomic, pruned) and an exact resume, in one
 process and across two."""
-import collections
 import copy
 import json
 import math
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from notebook_library import checkpoint_weights, elite, smoke_config
+from notebook_library import HalfActivations, checkpoint_weights, elite, same_weights, smoke_config
 
 CPU, FP32 = torch.device("cpu"), torch.float32
 EVERY_STEP = dict(checkpoint_every=100, checkpoint_minutes=1e-9, keep_checkpoints=10)  # saved by the clock alone
@@ -54,10 +53,6 @@ def names(folder) -> list[str]:
 
 def log_steps(run_dir) -> list[int]:
     return [int(row["step"]) for row in elite.read_log(run_dir / "training_log.csv")]
-
-def step_4_equal(a, b) -> bool:
-    x, y = (checkpoint_weights(run_dir / "checkpoints" / "step_000004.pt") for run_dir in (a, b))
-    return x.keys() == y.keys() and all(torch.equal(x[name], y[name]) for name in x)
 
 def copy_run(source, target, drop_steps):
     shutil.copytree(source, target, dirs_exist_ok=True)
@@ -107,16 +102,15 @@ def test_resume_is_bit_identical_to_a_straight_run(run, straight, tmp_path, caps
     torch.manual_seed(123), random.seed(123), np.random.seed(123)  # a new session's random state
     summary = run(smoke_config(**FAST, train_steps=4, checkpoint_every=2), tmp_path)
     assert "Resuming from step 2" in capsys.readouterr().out
-    assert (summary["steps"], summary["trained_this_session"], summary["history"]) == (
-        4, 2, [{"step": 2, "field": "train_steps", "old": 2, "new": 4}])
-    assert step_4_equal(straight, tmp_path)
+    assert (summary["steps"], summary["history"]) == (4, [{"step": 2, "field": "train_steps", "old": 2, "new": 4}])
+    assert same_weights(*(run / "checkpoints" / "step_000004.pt" for run in (straight, tmp_path)))
     assert log_steps(tmp_path) == [0, 1, 2, 3, 4]  # the first session's final row (2) rewritten, none twice
 
 def test_checkpoint_minutes_saves_every_step_and_a_resume_from_step_1_ends_the_same(run, straight, tmp_path):
     assert names(straight / "checkpoints") == [f"step_{step:06d}.pt" for step in (1, 2, 3, 4)]
     copy_run(straight, tmp_path, drop_steps=(2, 3, 4))
     run(smoke_config(**FAST, **EVERY_STEP), tmp_path)
-    assert step_4_equal(straight, tmp_path)
+    assert same_weights(*(run / "checkpoints" / "step_000004.pt" for run in (straight, tmp_path)))
     assert log_steps(tmp_path) == [0, 1, 2, 3, 4]  # the rows from step 1 on rewritten, none twice
 
 def test_a_changed_training_setting_or_gpu_is_printed_and_recorded_with_its_step(run, straight, tmp_path, capsys):
@@ -171,31 +165,22 @@ def test_pruning_keeps_the_newest_readable_checkpoints_and_skips_a_truncated_one
     save(tmp_path, 5, tiny_enhancer, config)
     assert names(tmp_path) == ["step_000003.pt", "step_000005.pt"]  # the readable 3 kept, the cut 4 gone
 
-class HalfActivations(torch.nn.Module):
-    """One trainable layer whose output is fp16, as autocast leaves activations on a T4: gradients pass through it."""
-
-    def __init__(self):
-        super().__init__()
-        self.skip_convs = torch.nn.Conv2d(3, 3, 1)  # a name in a trainable group
-
-    def forward(self, degraded):
-        return self.skip_convs(degraded).half()
-
 def scaled_gradient_loss(factor: float):
     """A finite loss whose gradient at the fp16 activations is `factor` x the loss scale."""
     return lambda enhanced, clean, step: dict.fromkeys(elite.LOSS_TERMS, factor * enhanced.float().sum())
 
 @pytest.mark.filterwarnings("ignore:In CPU autocast")
-def test_an_overflowing_fp16_step_is_skipped_and_the_loss_scale_lowered():
+def test_an_overflowing_step_is_skipped_the_loss_scale_lowered_and_without_a_scale_left_it_is_nonfinite():
     x, config = torch.ones(1, 3, 1, 1), smoke_config()  # one pixel: each weight's gradient is the activation's
     for init_scale, factor, applied, nonfinite in ((2.0**16, 1e3, False, False), (32.0, 1e3, True, False),
-                                                   (1.0, 1e5, False, True)):  # 1e3 x 2^16 > fp16's 65,504
-        model, scaler = HalfActivations(), torch.amp.GradScaler("cpu", init_scale=init_scale)
+                                                   (1.0, 1e5, False, True), (None, 1e5, False, True)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale) if init_scale else NO_SCALER  # None: fp32
+        model = HalfActivations()  # 1e3 x 2^16 and 1e5 > fp16's 65,504: infinite; 1e3 x 32 is not
         before, optimizer = model.skip_convs.weight.detach().clone(), elite.make_optimizer(model, config, CPU)
         result = elite.train_step(model, scaled_gradient_loss(factor), optimizer, scaler, x, x, 1, config,
-                                  torch.float16)
+                                  torch.float16 if init_scale else FP32)
         assert (result["skipped"], result["nonfinite"]) == (not applied, nonfinite) and math.isfinite(result["total"])
-        assert scaler.get_scale() == (init_scale if applied else init_scale / 2)  # an overflow halves the scale
+        assert scaler.get_scale() == (init_scale if applied else init_scale / 2) if init_scale else True
         assert torch.equal(model.skip_convs.weight, before) != applied and bool(optimizer.state) == applied
 
 @pytest.mark.filterwarnings("ignore:In CPU autocast")
@@ -213,18 +198,6 @@ def test_with_a_loss_scale_a_streak_of_nonfinite_losses_stops_training_naming_th
         ("0", "False"), ("1", "False"), ("2", "True"), ("3", "True")]
     assert names(tmp_path / "checkpoints") == ["step_000002.pt"]  # none after the streak began
 
-def test_an_update_with_nonfinite_gradients_is_skipped_without_a_loss_scaler():
-    model = torch.nn.Sequential(collections.OrderedDict(skip_convs=torch.nn.Linear(3, 3)))  # one group
-    before, x = model.skip_convs.weight.detach().clone(), torch.ones(2, 3)
-
-    def loss_fn(enhanced, clean, step):  # sqrt at 0: a finite loss (0) with infinite gradients
-        return dict.fromkeys(elite.LOSS_TERMS, torch.sqrt(enhanced - enhanced.detach()).sum())
-    optimizer = elite.make_optimizer(model, smoke_config(), CPU)
-    result = elite.train_step(model, loss_fn, optimizer, NO_SCALER, x, x, 1, smoke_config(), FP32)
-    assert result["total"] == 0 and result["skipped"] and result["nonfinite"]
-    assert torch.equal(model.skip_convs.weight, before) and model.skip_convs.weight.grad is None
-    assert not optimizer.state  # Adam never stepped
-
 def test_the_evaluation_estimate_counts_every_image_it_will_enhance_at_an_eighth_of_a_batch_2_step():
     pairs = elite.ImagePairs.__new__(elite.ImagePairs)  # only what the estimate reads
     pairs.test_rows, pairs.probe_families = [{}] * 30, list(elite.DEGRADATION_FAMILIES)
@@ -233,11 +206,16 @@ def test_the_evaluation_estimate_counts_every_image_it_will_enhance_at_an_eighth
         minutes = round(images * 6.0 / (4 * 2) / 60)  # a forward pass: a quarter of a step's work per image
         assert f"about {minutes} min of evaluation ({images} images)" in text, text
 
-def test_out_of_memory_becomes_advice_naming_batch_size_and_resolution():
-    with pytest.raises(RuntimeError, match=r"out of memory at 64² with batch_size=3.*Lower batch_size.*resolution"), \
-            elite.out_of_memory_advice(smoke_config(batch_size=3), CPU):
+def test_out_of_memory_and_the_stop_button_say_what_to_do_and_where_run_all_continues(tiny_enhancer, tmp_path):
+    save(tmp_path, 2, tiny_enhancer, smoke_config())
+    with pytest.raises(RuntimeError, match=r"out of memory at 64² with batch_size=3.*Lower batch_size.*resolution.*"
+                                           r"continues from step_000002\.pt"), \
+            elite.explained_stops(smoke_config(batch_size=3), CPU, tmp_path):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    with pytest.raises(ValueError, match="other"), elite.out_of_memory_advice(smoke_config(), CPU):
+    with pytest.raises(KeyboardInterrupt, match=r"Stopped; Run all continues from step_000002\.pt"), \
+            elite.explained_stops(smoke_config(), CPU, tmp_path):
+        raise KeyboardInterrupt
+    with pytest.raises(ValueError, match="other"), elite.explained_stops(smoke_config(), CPU, tmp_path):
         raise ValueError("other errors pass through")
 
 def test_a_failed_save_raises_naming_the_fix_and_keeps_the_previous_checkpoint(tiny_enhancer, tmp_path,
