@@ -1,10 +1,8 @@
-"""GPU check, not run by CI: peak memory of the step-0 loss balance and of a training step, seconds per step and
-ms per image of the real SD-Turbo architecture with random weights (nothing is downloaded), measured with a T4's
-code paths on a bigger GPU: fp16 autocast with a GradScaler, flash attention off globally (gradient-checkpoint
-recomputation runs outside any context manager) and this process capped at 14.0 GiB (a T4 reports about 14.7 GiB to
-PyTorch, and its CUDA context takes about 0.4 more). Batch 1 and 2; the work of a step is counted on PyTorch's meta
-device (published: 23.9 TFLOP at 512², batch 2). Without a GPU it prints only the FLOP count. Prints a Markdown
-table. Usage:
+"""GPU check, not run by CI: peak memory of the step-0 loss balance and of a training step, s/step and ms/image of
+the real SD-Turbo architecture with random weights (nothing is downloaded), with a T4's code paths on a bigger GPU:
+fp16 autocast with a GradScaler, flash attention off globally (checkpoint recomputation runs outside any context
+manager), this process capped at 14.0 GiB (a T4 reports 14.7 to PyTorch; its CUDA context takes 0.4). Batch 1 and 2;
+a step's work is counted on PyTorch's meta device (published: 23.9 TFLOP at 512², batch 2), on any machine. Usage:
     HF_HUB_OFFLINE=1 python tests/gpu_check.py [--resolution 512] [--steps 12]"""
 import argparse
 import dataclasses
@@ -83,6 +81,7 @@ def training_figures(config: elite.Config, device: torch.device, dtype: torch.dt
     elite.loss_balance(enhancer, loss_fn, *(torch.rand(shape, generator=generator, device=device) * 2 - 1
                                             for _ in range(2)), dtype)
     figures = {"balance_gib": peak_gib(device)}
+    torch.cuda.empty_cache()  # the balance's cached blocks would otherwise count as the steps' reserved peak
     torch.cuda.reset_peak_memory_stats(device)
     optimizer = elite.make_optimizer(enhancer, config, device)
     scaler = torch.amp.GradScaler("cuda", enabled=True)

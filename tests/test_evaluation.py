@@ -15,17 +15,13 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from notebook_library import FIXTURES, elite, smoke_config
+from notebook_library import FIXTURES, elite, random_images, smoke_config
 
 CPU = torch.device("cpu")
 
 def t_interval(values: np.ndarray) -> list[float]:
     half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))  # by hand
     return [values.mean() - half, values.mean() + half]
-
-def faces(count: int, size: int = 64) -> torch.Tensor:
-    return elite.to_model_range(np.stack([np.asarray(elite.synthetic_face(__import__("random").Random(k), size))
-                                          for k in range(count)]))  # (count, 3, size, size) in [-1, 1]
 
 def test_psnr_is_ten_log10_of_one_over_the_unit_scale_mse_and_ssim_is_one_only_for_identical_images():
     torch.manual_seed(0)
@@ -47,7 +43,7 @@ def test_the_identity_network_has_every_key_and_shape_of_the_arcface_weights_fil
 
 def test_csim_embeddings_are_unit_length_of_psps_face_crop_and_a_face_against_itself_scores_1():
     encoder, about = elite.load_identity_encoder(pretrained=False, device=CPU)
-    images = faces(3)
+    images = random_images(1, count=3, size=64)
     embeddings = encoder.features(images)
     cropped = F.adaptive_avg_pool2d(F.adaptive_avg_pool2d(images, 256)[:, :, 35:223, 32:220], 112)  # pSp's
     assert embeddings.shape == (3, 512) and torch.allclose(embeddings.norm(dim=1), torch.ones(3), atol=1e-6)
@@ -70,7 +66,7 @@ def test_real_identity_weights_load_strictly_through_torchs_cache_and_their_sha2
     assert (tmp_path / "hub" / "checkpoints" / "recognition_arcface_ir_se50.pth").is_file()  # cached for next time
 
 def test_harm_outside_the_region_is_zero_for_a_model_that_changes_nothing_and_positive_for_one_that_blurs_all():
-    clean, config = faces(3), smoke_config()
+    clean, config = random_images(2, count=3, size=64), smoke_config()
     records = [{"blur": elite.family_parameters(config, "blur", 0.8, elite.generator_for("harm", k), local=True)}
                for k in range(3)]
     degraded = elite.degrade_batch(clean, records)
@@ -206,7 +202,7 @@ def test_results_archive_holds_metrics_comparisons_adapter_and_enhanced_images_o
         assert archive.read("adapter/adapter.safetensors") == b"w"
 
 def test_each_enhanced_image_gets_its_own_file_and_the_same_result_is_not_written_twice(tmp_path):
-    first, second = faces(2)
+    first, second = random_images(3)
     assert (path := elite.save_result(first, tmp_path, "face")).name == "face_enhanced.png"
     assert elite.save_result(first, tmp_path, "face") == path and len(list(tmp_path.iterdir())) == 1
     assert elite.save_result(second, tmp_path, "face").name == "face_enhanced_2.png"

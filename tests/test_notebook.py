@@ -152,18 +152,23 @@ def test_stop_then_run_all_ends_with_the_weights_of_a_run_that_never_stopped(not
     assert same_weights(*(run / "checkpoints" / "step_000004.pt" for run in (finished_run[0], run_dir)))
     assert [int(row["step"]) for row in log_rows(run_dir)] == [0, 1, 2, 3, 4]
 
-def test_a_new_learning_rate_applies_from_the_resume_step_and_is_recorded(notebook_kernel, finished_run, tmp_path):
+def test_a_new_learning_rate_or_gpu_applies_from_the_resume_step_and_is_recorded(notebook_kernel, finished_run,
+                                                                                 tmp_path):
     run_dir = copy_of(finished_run, tmp_path, "new_rate")
-    rows_before = log_rows(run_dir)
+    rows_before, checkpoint = log_rows(run_dir), run_dir / "checkpoints" / "step_000004.pt"
+    torch.save(torch.load(checkpoint, weights_only=True) | {"compute": "Tesla T4 float16"}, checkpoint)  # on a T4
     finished, text = notebook_kernel.run_all(smoke_environ(run_dir, train_steps=6, learning_rate=5e-5,
                                                            single_family_probe=False))  # free: a quicker run
     assert finished and "From step 4 on: learning_rate 0.0001 -> 5e-05" in text, text[-3000:]
+    compute = f"{elite.describe_device(torch.device('cpu'))['name']} float32"
+    assert f"From step 4 on: compute 'Tesla T4 float16' -> '{compute}'" in text
     rows, changed = log_rows(run_dir), smoke_config(train_steps=6, learning_rate=5e-5)
     assert rows[:4] == rows_before[:4] and [int(row["step"]) for row in rows] == [0, 1, 2, 3, 4, 5, 6]
     for row in rows[4:6]:
         assert float(row["lr"]) == pytest.approx(5e-5 * elite.lr_factor(int(row["step"]), changed), rel=1e-12)
     history = [{"step": 4, "field": "train_steps", "old": 4, "new": 6},
-               {"step": 4, "field": "learning_rate", "old": 1e-4, "new": 5e-5}]
+               {"step": 4, "field": "learning_rate", "old": 1e-4, "new": 5e-5},
+               {"step": 4, "field": "compute", "old": "Tesla T4 float16", "new": compute}]
     assert json.loads((run_dir / "run.json").read_text())["history"] == history
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 6 and metrics["config"]["learning_rate"] == 5e-5
@@ -173,13 +178,15 @@ def test_runs_named_as_in_the_form_are_compared_image_by_image_another_train_see
         notebook_kernel, finished_run):
     runs = notebook_kernel.workdir / "runs"  # where runs named in the form live
     shutil.copytree(finished_run[0], runs / "default-smoke")
+    other_seed = json.loads((runs / "default-smoke" / "metrics.json").read_text())  # as seed 1 would leave it
+    other_seed["test_set"] |= {"seed": 1, "rows_sha256": "another test set"}
+    (runs / "seed1-smoke").mkdir()
+    (runs / "seed1-smoke" / "metrics.json").write_text(json.dumps(other_seed))
     quick = dict(train_steps=1, single_family_probe=False)  # the comparison needs their test images, not quality
-    for name, changes in (("seed1", {"seed": 1}), ("trainseed1", {"train_seed": 1, "compare_runs": "default, "
-                                                                 f"seed1-smoke, {runs / 'default-smoke'}"})):
-        finished, text = notebook_kernel.run_all(smoke_environ(runs, run_name=name, **quick, **changes) | {
-            "ELITE_RUN_DIR": ""})
-        assert finished, text[-3000:]
-    assert "seed1-smoke is left out: its test set differs (seed: 1 -> 0;" in text, text[-3000:]
+    named = f"default, seed1-smoke, {runs / 'default-smoke'}"  # as in the form, a folder's name, a folder
+    finished, text = notebook_kernel.run_all(smoke_environ(runs, run_name="trainseed1", train_seed=1, **quick,
+                                                           compare_runs=named) | {"ELITE_RUN_DIR": ""})
+    assert finished and "seed1-smoke is left out: its test set differs (seed: 1 -> 0;" in text, text[-3000:]
     comparison = json.loads((runs / "trainseed1-smoke" / "comparison.json").read_text())
     assert list(comparison) == ["default-smoke"]  # named as in the form and as a path: one run, once
     mine = json.loads((runs / "trainseed1-smoke" / "metrics.json").read_text())["per_image"]

@@ -1,7 +1,6 @@
 """Training steps, rates, the loss-scale path a T4 takes, checkpoints (atomic, pruned) and an exact resume, in one
 process and across two."""
 import copy
-import json
 import math
 import random
 import shutil
@@ -97,34 +96,12 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_zero(schedule, step, ex
     config = smoke_config(lr_warmup_steps=2, train_steps=10, lr_schedule=schedule)
     assert elite.lr_factor(step, config) == pytest.approx(expected, abs=1e-12)
 
-def test_resume_is_bit_identical_to_a_straight_run(run, straight, tmp_path, capsys):
-    run(smoke_config(**FAST, train_steps=2, checkpoint_every=2), tmp_path)
-    torch.manual_seed(123), random.seed(123), np.random.seed(123)  # a new session's random state
-    summary = run(smoke_config(**FAST, train_steps=4, checkpoint_every=2), tmp_path)
-    assert "Resuming from step 2" in capsys.readouterr().out
-    assert (summary["steps"], summary["history"]) == (4, [{"step": 2, "field": "train_steps", "old": 2, "new": 4}])
-    assert same_weights(*(run / "checkpoints" / "step_000004.pt" for run in (straight, tmp_path)))
-    assert log_steps(tmp_path) == [0, 1, 2, 3, 4]  # the first session's final row (2) rewritten, none twice
-
 def test_checkpoint_minutes_saves_every_step_and_a_resume_from_step_1_ends_the_same(run, straight, tmp_path):
     assert names(straight / "checkpoints") == [f"step_{step:06d}.pt" for step in (1, 2, 3, 4)]
     copy_run(straight, tmp_path, drop_steps=(2, 3, 4))
     run(smoke_config(**FAST, **EVERY_STEP), tmp_path)
     assert same_weights(*(run / "checkpoints" / "step_000004.pt" for run in (straight, tmp_path)))
     assert log_steps(tmp_path) == [0, 1, 2, 3, 4]  # the rows from step 1 on rewritten, none twice
-
-def test_a_changed_training_setting_or_gpu_is_printed_and_recorded_with_its_step(run, straight, tmp_path, capsys):
-    copy_run(straight, tmp_path, drop_steps=(3, 4))
-    state = torch.load(checkpoint := tmp_path / "checkpoints" / "step_000002.pt", weights_only=True)
-    torch.save(state | {"compute": "Tesla T4 float16"}, checkpoint)  # trained on a T4 until the disconnect
-    with pytest.raises(Stop):  # at step 2's validation, after the resume
-        run(smoke_config(**FAST, **EVERY_STEP, learning_rate=5e-5), tmp_path, validate=stop)
-    printed = capsys.readouterr().out
-    assert "From step 2 on: learning_rate 0.0001 -> 5e-05" in printed
-    assert f"From step 2 on: compute 'Tesla T4 float16' -> '{COMPUTE}'" in printed
-    assert json.loads((tmp_path / "run.json").read_text())["history"] == [
-        {"step": 2, "field": "learning_rate", "old": 1e-4, "new": 5e-5},
-        {"step": 2, "field": "compute", "old": "Tesla T4 float16", "new": COMPUTE}]
 
 def test_save_and_restore_round_trip_every_piece_and_a_run_without_a_loss_scale(tiny_enhancer, tmp_path):
     optimizer = elite.make_optimizer(tiny_enhancer, smoke_config(), CPU)
@@ -252,12 +229,15 @@ elite.train(elite.build_enhancer(config, cpu, torch.float32, models), loss, pair
 
 @pytest.mark.slow  # a second Python process: about 15 s
 def test_a_run_stopped_in_one_process_ends_in_another_with_the_weights_of_a_run_that_never_stopped(
-        run, straight, tiny_model_dir, tmp_path):
+        run, straight, tiny_model_dir, tmp_path, capsys):
     first = subprocess.run([sys.executable, "-c", CROSS_PROCESS, str(Path(__file__).parent), str(run.source),
                             str(tiny_model_dir), str(tmp_path / "data"), str(tmp_path / "run")],
                            capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert first.returncode == 0 and log_steps(tmp_path / "run") == [0, 1, 2], first.stderr[-3000:]
-    run(smoke_config(**FAST, train_steps=4, checkpoint_every=2), tmp_path / "run")  # this process continues
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)  # this process's random state: any
+    summary = run(smoke_config(**FAST, train_steps=4, checkpoint_every=2), tmp_path / "run")  # it continues
+    assert "Resuming from step 2" in capsys.readouterr().out and log_steps(tmp_path / "run") == [0, 1, 2, 3, 4]
+    assert (summary["steps"], summary["history"]) == (4, [{"step": 2, "field": "train_steps", "old": 2, "new": 4}])
     resumed, never_stopped = (checkpoint_weights(folder / "checkpoints" / "step_000004.pt")
                               for folder in (tmp_path / "run", straight))
     assert resumed.keys() == never_stopped.keys() and all(  # equal to float rounding (here: bit for bit)
